@@ -1,0 +1,41 @@
+# Switchboard: `make run` serves on embedded defaults, `make test` runs the tests.
+# Both create .venv and install everything on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first, as the CPU build. Elsewhere, point pip at the CPU wheels, e.g.
+#   make install TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint ask ingest eval bench configure call
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m app
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check app ingest tests
+	$(PY) -m ruff format --check app ingest tests
+
+ask: install
+	$(PY) -m app.testing.ask "$(Q)"
+
+# Benchmarks print their figures; they are never part of `make test`.
+bench: install
+	$(PY) -m pytest tests/bench -q -s -p no:cacheprovider -o python_files='bench_*.py'

@@ -1,0 +1,148 @@
+"""Logs and metrics: one place that knows how a turn, a call and a request are recorded.
+
+Log lines carry the conversation and event ids from context variables, so code deep in a turn
+does not pass them around. `LOG_FORMAT=json` gives one JSON object per line for machines.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+conversation_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("conversation_id", default=None)
+event_id_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("event_id", default=None)
+
+_CONTEXT_FIELDS = ("conversation_id", "event_id")
+# Phone numbers and card-like digit runs never reach a log line in full.
+_DIGITS = re.compile(r"\+?\d[\d \-()]{6,}\d")
+
+
+def mask_digits(text: str) -> str:
+    """Keep the last two digits of long digit runs (phone numbers, card numbers)."""
+
+    def _mask(match: re.Match[str]) -> str:
+        digits = re.sub(r"\D", "", match.group())
+        return "*" * (len(digits) - 2) + digits[-2:]
+
+    return _DIGITS.sub(_mask, text)
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "conversation_id", None) is None:
+            record.conversation_id = conversation_id_var.get()
+        if getattr(record, "event_id", None) is None:
+            record.event_id = event_id_var.get()
+        return True
+
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and v is not None}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": mask_digits(record.getMessage()),
+            **_extras(record),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        line = f"{stamp} {record.levelname:<7} {record.name}: {mask_digits(record.getMessage())}"
+        if fields:
+            line = f"{line} [{fields}]"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_ContextFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Library chatter at INFO would drown the one-line-per-turn record.
+    for noisy in ("httpx", "httpcore", "hypercorn.access", "chromadb", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+class Metrics:
+    """Prometheus metrics of one app instance (its own registry, so tests can build many apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.turns = Counter("switchboard_turns_total", "Brain turns by outcome", ["outcome"], registry=self.registry)
+        self.turn_first_chunk = Histogram(
+            "switchboard_turn_first_chunk_seconds",
+            "Transcript received to first text chunk produced",
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10),
+        )
+        self.turn_total = Histogram(
+            "switchboard_turn_seconds", "Transcript received to final chunk", registry=self.registry
+        )
+        self.llm_first_token = Histogram(
+            "switchboard_llm_first_token_seconds", "Model request to first token", registry=self.registry
+        )
+        self.retrieval = Histogram(
+            "switchboard_retrieval_seconds",
+            "Query embedding plus search",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
+        self.sanitiser_flags = Counter(
+            "switchboard_sanitiser_flags_total", "Transcript turns flagged", ["flag"], registry=self.registry
+        )
+        self.dropped_frames = Counter(
+            "switchboard_dropped_frames_total",
+            "Malformed or unexpected frames dropped",
+            ["leg", "reason"],
+            registry=self.registry,
+        )
+        self.brain_rejected = Counter(
+            "switchboard_brain_rejected_total", "Brain connections refused", ["reason"], registry=self.registry
+        )
+        self.twilio_rejected = Counter(
+            "switchboard_twilio_rejected_total",
+            "Webhooks and media streams refused (signature, token, busy)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.calls = Counter(
+            "switchboard_calls_total", "Calls bridged, by end reason", ["reason"], registry=self.registry
+        )
+        self.calls_active = Gauge("switchboard_calls_active", "Calls being bridged now", registry=self.registry)
+        self.call_seconds = Histogram(
+            "switchboard_call_seconds",
+            "Bridged call length",
+            registry=self.registry,
+            buckets=(5, 15, 30, 60, 120, 300, 600, 900, 1800),
+        )
+        self.relayed_frames = Counter(
+            "switchboard_relayed_frames_total",
+            "Audio frames relayed, by direction (added when a call ends)",
+            ["direction"],
+            registry=self.registry,
+        )

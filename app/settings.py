@@ -1,0 +1,176 @@
+"""The one configuration object: read once from the environment and `.env`, validated, secrets masked.
+
+Names follow the configuration contract in the design; nothing else in the product reads
+`os.environ`. Tests build `Settings(...)` explicitly instead of patching the environment.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_DEPARTMENT = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # Serving
+    port: int = Field(3001, ge=0, le=65535)
+    public_url: str | None = None
+
+    # Twilio
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    # Only for webhooks signed with a SharedKey (X-Twilio-Webhooks-Signature-Settings); else the auth token.
+    twilio_webhook_key: SecretStr | None = None
+    twilio_phone_number: str | None = None
+    twilio_api_base_url: str | None = None
+    fallback_number: str | None = None
+
+    # ElevenLabs
+    elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_base_url: str | None = None
+    speech_engine_id: str | None = None
+    shared_secret: SecretStr | None = None
+
+    # The model: any OpenAI-compatible endpoint. No OPENAI_MODEL means answers come from retrieval alone.
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str | None = None
+    llm_first_token_timeout: float = Field(3.0, gt=0, le=60)
+    llm_idle_timeout: float = Field(10.0, gt=0, le=120)
+
+    # Knowledge and local state
+    knowledge_dir: Path = Path("knowledge")
+    data_dir: Path = Path("data")
+    index_dir: Path = Path("data/index")
+    chroma_host: str | None = None
+    chroma_port: int = Field(8000, ge=1, le=65535)
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    ingest_max_file_mb: float = Field(20.0, gt=0)
+
+    # Persona and tools
+    company_name: str = "Kestrel Broadband"
+    agent_instructions_file: Path | None = None
+    transfer_targets: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+
+    # Limits
+    max_concurrent_calls: int = Field(20, ge=1)
+    max_call_seconds: int = Field(900, ge=10)
+    max_utterance_chars: int = Field(600, ge=20)
+    max_history_chars: int = Field(4000, ge=0)
+
+    # Logs
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise ValueError("PUBLIC_URL must look like https://your-host.example (the tunnel's https URL)")
+        if parts.query or parts.fragment or parts.path not in ("", "/"):
+            raise ValueError("PUBLIC_URL is a base URL: scheme and host only, no path or query")
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @field_validator("fallback_number", "twilio_phone_number")
+    @classmethod
+    def _e164(cls, value: str | None) -> str | None:
+        if value is not None and not _E164.match(value):
+            raise ValueError(f"{value!r} is not an E.164 number (write it like +15551230001)")
+        return value
+
+    @field_validator("transfer_targets", mode="before")
+    @classmethod
+    def _targets(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        targets: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, number = item.partition("=")
+            if not sep:
+                raise ValueError(f"TRANSFER_TARGETS entry {item!r} must be department=+15551230001")
+            targets[name.strip().lower()] = number.strip()
+        return targets
+
+    @field_validator("transfer_targets")
+    @classmethod
+    def _check_targets(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, number in value.items():
+            if not _DEPARTMENT.match(name):
+                raise ValueError(f"department name {name!r}: use lower-case letters, digits, - or _")
+            if not _E164.match(number):
+                raise ValueError(f"number for {name!r} ({number!r}) is not E.164, write it like +15551230001")
+        return value
+
+    @model_validator(mode="after")
+    def _paths_and_pairs(self) -> Settings:
+        if self.agent_instructions_file is not None and not self.agent_instructions_file.is_file():
+            raise ValueError(f"AGENT_INSTRUCTIONS_FILE {self.agent_instructions_file} does not exist")
+        return self
+
+    # Derived facts, so no module re-derives them differently.
+
+    @property
+    def llm_enabled(self) -> bool:
+        return bool(self.openai_model)
+
+    @property
+    def brain_auth_configured(self) -> bool:
+        return self.elevenlabs_api_key is not None or self.shared_secret is not None
+
+    @property
+    def chroma_server(self) -> bool:
+        return bool(self.chroma_host)
+
+    def secret(self, name: str) -> str | None:
+        """The plain value of a secret field, for the one place that needs it."""
+        value = getattr(self, name)
+        return value.get_secret_value() if value is not None else None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings once, or exit with messages a person can act on."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = ["Switchboard cannot start; fix these settings (in .env or the environment):"]
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+            lines.append(f"  {field}: {error['msg']}")
+        sys.exit("\n".join(lines))
+
+
+def ensure_env_file(env_path: Path = Path(".env"), example: Path = Path(".env.example")) -> bool:
+    """First run: write `.env` from the example with a fresh SHARED_SECRET. Returns True if written."""
+    if env_path.exists() or not example.exists():
+        return False
+    text = example.read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^SHARED_SECRET=.*$", f"SHARED_SECRET={secrets.token_urlsafe(32)}", text)
+    env_path.write_text(text, encoding="utf-8")
+    env_path.chmod(0o600)
+    return True

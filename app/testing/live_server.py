@@ -1,0 +1,52 @@
+"""Serve an app with the real Hypercorn on 127.0.0.1 and a free port, inside the current event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+from quart import Quart
+
+from app.server import serve
+
+
+class LiveServer:
+    def __init__(self, app: Quart) -> None:
+        self.app = app
+        self.port = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> LiveServer:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        # Hypercorn takes the bound socket over by file descriptor: no race for the port.
+        self._task = asyncio.create_task(serve(self.app, f"fd://{sock.detach()}", self._stop.wait), name="live-server")
+        await self._wait_ready()
+        return self
+
+    async def _wait_ready(self) -> None:
+        async with httpx.AsyncClient() as client, asyncio.timeout(30):
+            while True:
+                if self._task is not None and self._task.done():
+                    self._task.result()
+                try:
+                    if (await client.get(f"{self.http_url}/healthz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    await asyncio.sleep(0.02)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task

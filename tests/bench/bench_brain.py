@@ -1,0 +1,130 @@
+"""Brain overhead under load: time to first chunk at the Speech Engine's side minus the model's delay.
+
+The server (`python -m app`) and the fake model each run in their own process; this process only
+generates load: N conversations whose turns arrive at random moments, not in lockstep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.testing.speech_engine import SpeechEngineClient
+
+MODEL_DELAY_S = 0.2
+TURNS_PER_CONVERSATION = 6
+SECRET = "bench-secret"
+QUESTIONS = [
+    "what time does the shop open on saturdays",
+    "how much is the fastest internet plan",
+    "my router has a blinking red light what does that mean",
+    "can I get a refund if I cancel in the first month",
+    "how do I pay my bill by phone",
+    "is there an outage in my area right now",
+]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def brain_server(tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    port_file = tmp / "model.port"
+    model = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app.testing.fake_openai",
+            "--first-token-delay",
+            str(MODEL_DELAY_S),
+            "--inter-token-delay",
+            "0.02",
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "SHARED_SECRET": SECRET,
+        "OPENAI_MODEL": "fake",
+        "OPENAI_API_KEY": "sk-fake",
+        "LOG_LEVEL": "WARNING",
+        "DATA_DIR": str(tmp / "data"),
+        "INDEX_DIR": str(tmp / "data" / "index"),
+        **(extra_env or {}),
+    }
+    server = None
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{port_file.read_text()}/v1"
+        server = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1"], env=env, cwd=tmp)
+        while time.monotonic() < deadline + 60 and server.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("server did not become ready")
+        yield f"ws://127.0.0.1:{port}/ws"
+    finally:
+        for proc in (server, model):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+async def _conversation(url: str, seed: int, overheads: list[float]) -> None:
+    rng = random.Random(seed)
+    async with await SpeechEngineClient.open(url, shared_secret=SECRET) as client:
+        await client.init(f"conv_bench_{seed}")
+        for _ in range(TURNS_PER_CONVERSATION):
+            await asyncio.sleep(rng.uniform(0.2, 1.5))
+            answer = await client.ask(rng.choice(QUESTIONS), timeout=30)
+            assert answer.first_chunk_s is not None
+            overheads.append(answer.first_chunk_s - MODEL_DELAY_S)
+
+
+def _percentiles(values: list[float]) -> str:
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return f"p50 {q[49] * 1000:6.1f} ms  p95 {q[94] * 1000:6.1f} ms  p99 {q[98] * 1000:6.1f} ms  (n={len(values)})"
+
+
+async def run_load(url: str, conversations: int) -> list[float]:
+    overheads: list[float] = []
+    async with asyncio.TaskGroup() as group:
+        for seed in range(conversations):
+            group.create_task(_conversation(url, seed, overheads))
+    return overheads
+
+
+@pytest.mark.parametrize("retrieval", [False], ids=["no-retrieval"])
+def test_brain_overhead(tmp_path: Path, retrieval: bool) -> None:
+    with brain_server(tmp_path) as url:
+        asyncio.run(run_load(url, 2))  # warm-up: imports, first connections
+        print()
+        for n in (1, 20, 50):
+            overheads = asyncio.run(run_load(url, n))
+            print(f"brain overhead, {n:>2} conversations: {_percentiles(overheads)}")

@@ -1,0 +1,90 @@
+"""Shared fixtures: explicit settings, the fakes, a live server, and a guard against leaked tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from app import create_app
+from app.settings import Settings
+from app.testing.fake_openai import FakeOpenAI
+from app.testing.live_server import LiveServer
+
+SECRET = "test-shared-secret"
+API_KEY = "sk_test_elevenlabs_key"
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running after its fixtures are torn down."""
+    before = asyncio.all_tasks()
+    yield
+    for _ in range(3):
+        await asyncio.sleep(0)
+    leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
+    if leaked:
+        for task in leaked:
+            task.cancel()
+        await asyncio.gather(*leaked, return_exceptions=True)
+        pytest.fail(f"leaked tasks: {[t.get_name() + ' ' + repr(t.get_coro()) for t in leaked]}")
+
+
+@pytest.fixture
+def make_settings(tmp_path: Any) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "shared_secret": SECRET,
+            "data_dir": tmp_path / "data",
+            "index_dir": tmp_path / "data" / "index",
+            "log_level": "DEBUG",
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+@pytest.fixture
+async def fake_model() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def serve(make_settings: Callable[..., Settings]) -> Callable[..., Any]:
+    """`async with serve(**settings) as server:` runs the real app on 127.0.0.1 and a free port."""
+
+    def start(**overrides: Any) -> LiveServer:
+        return LiveServer(create_app(make_settings(**overrides)))
+
+    return start
+
+
+# --- the phone side: Twilio and ElevenLabs stand-ins ------------------------------------------
+
+TWILIO_TOKEN = "test-twilio-auth-token"
+PUBLIC_URL = "https://switchboard.example"
+ENGINE_ID = "seng_test"
+
+
+@pytest.fixture
+async def fake_elevenlabs() -> AsyncIterator[Any]:
+    from app.testing.fake_elevenlabs import FakeElevenLabs
+
+    async with FakeElevenLabs(API_KEY, ENGINE_ID) as fake:
+        yield fake
+
+
+@pytest.fixture
+def phone_settings(fake_elevenlabs: Any) -> dict[str, Any]:
+    """Settings for a server that answers calls: Twilio signatures on, ElevenLabs at the fake."""
+    return {
+        "public_url": PUBLIC_URL,
+        "twilio_auth_token": TWILIO_TOKEN,
+        "elevenlabs_api_key": API_KEY,
+        "elevenlabs_base_url": fake_elevenlabs.base_url,
+        "speech_engine_id": ENGINE_ID,
+    }
