@@ -29,6 +29,10 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
+# Documents in KNOWLEDGE_DIR into a new live index build: make ingest [ARGS="--json --strict"]
+ingest: install
+	$(PY) -m ingest $(ARGS)
+
 lint: install
 	$(PY) -m ruff check app ingest tests
 	$(PY) -m ruff format --check app ingest tests
@@ -39,3 +43,16 @@ ask: install
 # Benchmarks print their figures; they are never part of `make test`.
 bench: install
 	$(PY) -m pytest tests/bench -q -s -p no:cacheprovider -o python_files='bench_*.py'
+
+# Point the Speech Engine and TWILIO_PHONE_NUMBER at PUBLIC_URL: make configure [ARGS=--dry-run]
+configure: install
+	$(PY) -m app.configure $(ARGS)
+
+# One simulated Twilio call into the server `make run` is serving (signed like Twilio, real μ-law
+# audio, agent audio counted): make call [ARGS="--seconds 10"]
+call: install
+	$(PY) -m app.testing.twilio_caller $(ARGS)
+
+# Retrieval quality on a question set: make eval DOCS=<dir> QUESTIONS=<file.jsonl>
+eval: install
+	$(PY) -m app.evaluate --docs "$(DOCS)" --questions "$(QUESTIONS)" $(ARGS)

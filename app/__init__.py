@@ -9,8 +9,10 @@ from .settings import Settings
 
 def create_app(settings: Settings) -> Quart:
     from .brain import brain
+    from .bridge import bridge
     from .health import health
     from .services import Services
+    from .twilio_webhook import twilio_webhook
 
     app = Quart(__name__)
     # Twilio webhooks are small forms; anything bigger is refused before it is read.
@@ -19,6 +21,8 @@ def create_app(settings: Settings) -> Quart:
     app.extensions["switchboard"] = services
     app.register_blueprint(health)
     app.register_blueprint(brain)
+    app.register_blueprint(twilio_webhook)
+    app.register_blueprint(bridge)
 
     @app.before_serving
     async def _open() -> None:

@@ -3,6 +3,10 @@
 Authentication happens before the upgrade is accepted. The conversation is driven by the SDK's
 own `SpeechEngineSession`; a new transcript cancels the turn in flight, which closes the model's
 HTTP stream through the generator's `aclose`.
+
+The call a conversation belongs to (for its tools) is named by the `x-call-sid` header, which
+ElevenLabs fills from the call SID dynamic variable the bridge sends (`make configure` sets that
+up); without it, the conversation binds by the conversation id from `init`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from elevenlabs.speech_engine.session import SpeechEngineSession
 from elevenlabs.speech_engine.types import ConversationMessage
 from quart import Blueprint, websocket
 
+from .configure import CALL_SID_HEADER
 from .observability import conversation_id_var, event_id_var
 from .services import Services, services
 from .settings import Settings
@@ -80,7 +85,7 @@ async def brain_ws() -> Any:
         return "unauthorized\n", 401
     await websocket.accept()
     session = SpeechEngineSession(QuartSocket(websocket._get_current_object()))
-    Conversation(svc, session).wire()
+    Conversation(svc, session, websocket.headers.get(CALL_SID_HEADER)).wire()
     try:
         await session.run()
     finally:
@@ -90,9 +95,10 @@ async def brain_ws() -> Any:
 class Conversation:
     """One brain conversation: its handlers and what they share."""
 
-    def __init__(self, svc: Services, session: SpeechEngineSession) -> None:
+    def __init__(self, svc: Services, session: SpeechEngineSession, call_sid: str | None = None) -> None:
         self.svc = svc
         self.session = session
+        self.tools = svc.toolbox.conversation(call_sid) if svc.toolbox is not None else None
 
     def wire(self) -> None:
         self.session.on("init", self.on_init)
@@ -100,6 +106,8 @@ class Conversation:
         self.session.on("error", self.on_error)
 
     async def on_init(self, conversation_id: str | None) -> None:
+        if self.tools is not None:
+            self.tools.conversation_id = conversation_id
         log.info("brain session started", extra={"conversation_id": conversation_id})
 
     async def on_error(self, err: Exception) -> None:
@@ -113,7 +121,7 @@ class Conversation:
         conversation_id_var.set(record.conversation_id)
         event_id_var.set(record.event_id)
         assert self.svc.pipeline is not None
-        answer = self.svc.pipeline.answer(transcript, record)
+        answer = self.svc.pipeline.answer(transcript, record, self.tools)
         try:
             await self.session.send_response(answer)
         except asyncio.CancelledError:

@@ -17,8 +17,15 @@ async def healthz() -> tuple[dict[str, str], int]:
 
 @health.get("/readyz")
 async def readyz() -> tuple[dict[str, object], int]:
-    ready = services().ready
-    return {"ready": ready}, 200 if ready else 503
+    svc = services()
+    retriever = svc.retriever
+    body: dict[str, object] = {
+        "ready": svc.ready,
+        "index_build": retriever.build.build_id if retriever is not None and retriever.build is not None else None,
+    }
+    if retriever is not None and retriever.error:
+        body["reason"] = retriever.error
+    return body, 200 if svc.ready else 503
 
 
 @health.get("/metrics")

@@ -112,6 +112,18 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
+        self.abstentions = Counter(
+            "switchboard_abstentions_total",
+            "Turns by whether retrieval found nothing relevant",
+            ["abstained"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "switchboard_fallbacks_total",
+            "Turns answered without the model, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.sanitiser_flags = Counter(
             "switchboard_sanitiser_flags_total", "Transcript turns flagged", ["flag"], registry=self.registry
         )
@@ -119,6 +131,18 @@ class Metrics:
             "switchboard_dropped_frames_total",
             "Malformed or unexpected frames dropped",
             ["leg", "reason"],
+            registry=self.registry,
+        )
+        self.tool_calls = Counter(
+            "switchboard_tool_calls_total",
+            "Tool calls from the model or the keypad, by tool and outcome (accepted or why rejected)",
+            ["tool", "outcome"],
+            registry=self.registry,
+        )
+        self.call_actions = Counter(
+            "switchboard_call_actions_total",
+            "Actions on live calls (transfer, hang up) by outcome",
+            ["action", "outcome"],
             registry=self.registry,
         )
         self.brain_rejected = Counter(

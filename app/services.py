@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from quart import current_app
 
+from .call_actions import CallActions
+from .call_registry import InProcessCallRegistry
+from .knowledge_index import embedder_for
 from .llm import LLM
+from .messages import MessageStore
 from .observability import Metrics
 from .prompt import Prompt
+from .retrieval import Retriever
 from .settings import Settings
+from .telephony import Telephony
+from .tools import Toolbox
 from .turn import TurnPipeline
 
 log = logging.getLogger("switchboard")
@@ -21,22 +30,57 @@ class Services:
         self.metrics = Metrics()
         self.llm: LLM | None = None
         self.pipeline: TurnPipeline | None = None
+        self.retriever: Retriever | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.telephony = Telephony(settings, self.metrics)
+        self.registry = InProcessCallRegistry()
+        self.call_actions = CallActions(settings, self.metrics)
+        self.toolbox: Toolbox | None = None
+        self.telephony.observers.append(self.registry)
 
     async def start(self) -> None:
+        await self.telephony.start()
+        await self.call_actions.start()
+        store = MessageStore(self.settings.data_dir)
+        try:
+            await asyncio.to_thread(store.open)
+        except Exception as exc:
+            log.warning("take_message is off: cannot open %s (%s)", store.path, exc)
+            store = None
+        self.toolbox = Toolbox(self.settings, self.metrics, self.registry, self.call_actions, store)
+        self.telephony.observers.append(self.toolbox)
+        if not self.call_actions.transfers:
+            log.info("transfer_call is off: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, PUBLIC_URL, TRANSFER_TARGETS")
         self.llm = LLM(self.settings)
-        self.pipeline = TurnPipeline(self.llm, Prompt(self.settings))
+        # Loading the model and the index is blocking work: keep it off the event loop.
+        embedder = await asyncio.to_thread(embedder_for, self.settings)
+        self.retriever = Retriever(self.settings, embedder)
+        await asyncio.to_thread(self.retriever.load)
+        if not self.retriever.ready:
+            log.warning("not ready: %s", self.retriever.error)
+        self._watcher = asyncio.create_task(self.retriever.watch(), name="index-watcher")
+        self.pipeline = TurnPipeline(self.settings, self.llm, Prompt(self.settings), self.retriever)
         if not self.settings.brain_auth_configured:
             log.warning("brain /ws refuses every connection: set SHARED_SECRET or ELEVENLABS_API_KEY")
         if not self.llm.enabled:
             log.warning("no model configured (OPENAI_MODEL): answers come from the documents alone")
 
     async def stop(self) -> None:
+        await self.registry.close()
+        await self.call_actions.aclose()
+        await self.telephony.stop()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self.retriever is not None:
+            self.retriever.close()
         if self.llm is not None:
             await self.llm.aclose()
 
     @property
     def ready(self) -> bool:
-        return self.pipeline is not None
+        return self.pipeline is not None and self.retriever is not None and self.retriever.ready
 
 
 def services() -> Services:

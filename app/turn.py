@@ -1,25 +1,44 @@
 """One turn of the brain: transcript in, spoken text out, never silence.
 
-The steps (sanitise → retrieve → answer) live in their own modules; this one orders them, keeps
-the turn's record and decides what the caller hears when a step fails.
+sanitise → build the query → retrieve → answer (model, or the documents alone). The steps live
+in their own modules; this one orders them, keeps the turn's record and decides what the caller
+hears when a step fails.
+
+With tools, a model round that ends in tool calls is followed by another round that sees their
+results (at most MAX_TOOL_ROUNDS such rounds per turn); text from every round streams straight
+through. The tools themselves are gated in `tools`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .llm import LLM, LLMError
+from .llm import LLM, LLMError, ToolCall
 from .observability import Metrics
 from .prompt import Prompt
+from .query import retrieval_query
+from .retrieval import Retrieval, Retriever
+from .sanitise import HOSTILE_FLAGS, SanitisedTranscript, sanitise_transcript
+from .settings import Settings
+from .spoken_fallback import CANNOT_LOOK_UP, extractive_answer
+
+if TYPE_CHECKING:
+    from .tools import CallTools
 
 log = logging.getLogger("switchboard.turn")
 
-APOLOGY = "Sorry, I'm having trouble answering right now. Could you say that again in a moment?"
 APOLOGY_MID_ANSWER = " Sorry, I lost my train of thought there. Could you ask me that again?"
+COALESCE_CHARS = 24
+_BOUNDARY = frozenset(" \n.,;:!?")
+DID_NOT_CATCH = "Sorry, I didn't catch that. Could you say it again?"
+CANNOT_DO = "Sorry, I can't do that. Is there anything else I can help you with?"
+DONE = "All done. Is there anything else I can help you with?"
+MAX_TOOL_ROUNDS = 2
 
 
 @dataclass
@@ -32,6 +51,11 @@ class TurnRecord:
     timing: dict[str, float] = field(default_factory=dict)
     outcome: str = "answered"
     fallback: str | None = None
+    flags: frozenset[str] = frozenset()
+    follow_up: bool = False
+    abstained: bool | None = None
+    sources: list[str] = field(default_factory=list)
+    tools: list[str] = field(default_factory=list)
     chunks: int = 0
 
     def first_chunk(self) -> None:
@@ -39,13 +63,27 @@ class TurnRecord:
             self.timing["first_chunk_s"] = time.perf_counter() - self.started
         self.chunks += 1
 
+    def retrieved(self, retrieval: Retrieval) -> None:
+        self.timing["retrieval_s"] = retrieval.seconds
+        self.abstained = retrieval.abstain
+        self.sources = [f"{p.source}:{p.similarity:.2f}" for p in retrieval.passages[:3]]
+
     def finish(self, metrics: Metrics) -> None:
         self.timing["total_s"] = time.perf_counter() - self.started
         metrics.turns.labels(self.outcome).inc()
-        if "first_chunk_s" in self.timing:
-            metrics.turn_first_chunk.observe(self.timing["first_chunk_s"])
-        if "llm_first_token_s" in self.timing:
-            metrics.llm_first_token.observe(self.timing["llm_first_token_s"])
+        for flag in self.flags:
+            metrics.sanitiser_flags.labels(flag).inc()
+        if self.abstained is not None:
+            metrics.abstentions.labels(str(self.abstained).lower()).inc()
+        if self.fallback is not None:
+            metrics.fallbacks.labels(self.fallback).inc()
+        for key, histogram in (
+            ("first_chunk_s", metrics.turn_first_chunk),
+            ("llm_first_token_s", metrics.llm_first_token),
+            ("retrieval_s", metrics.retrieval),
+        ):
+            if key in self.timing:
+                histogram.observe(self.timing[key])
         if self.outcome != "interrupted":
             metrics.turn_total.observe(self.timing["total_s"])
         log.info(
@@ -54,6 +92,11 @@ class TurnRecord:
             extra={
                 "conversation_id": self.conversation_id,
                 "event_id": self.event_id,
+                "flags": sorted(self.flags) or None,
+                "follow_up": self.follow_up or None,
+                "abstained": self.abstained,
+                "sources": self.sources or None,
+                "tools": self.tools or None,
                 "fallback": self.fallback,
                 "chunks": self.chunks,
                 **{f"{k.removesuffix('_s')}_ms": round(v * 1000, 1) for k, v in self.timing.items()},
@@ -62,27 +105,133 @@ class TurnRecord:
 
 
 class TurnPipeline:
-    def __init__(self, llm: LLM, prompt: Prompt) -> None:
+    def __init__(self, settings: Settings, llm: LLM, prompt: Prompt, retriever: Retriever | None) -> None:
+        self.settings = settings
         self.llm = llm
         self.prompt = prompt
+        self.retriever = retriever
 
-    async def answer(self, transcript: Sequence[Any], record: TurnRecord) -> AsyncIterator[str]:
-        """Yield the spoken answer. Whatever fails, the caller hears something."""
-        messages = self.prompt.messages(transcript)
+    async def answer(
+        self, transcript: Sequence[Any], record: TurnRecord, tools: CallTools | None = None
+    ) -> AsyncIterator[str]:
+        """Yield the spoken answer. Whatever fails, the caller hears something.
+
+        The first piece goes out the moment it exists; after that, model tokens are gathered into
+        pieces of a few words ending at a word boundary, which is all text-to-speech needs and a
+        fraction of the messages (each one costs a WebSocket frame on a shared event loop).
+        """
+        pending = ""
         try:
-            async for text in self.llm.stream_text(messages, record.timing):
+            async for text in self._answer(transcript, record, tools):
+                if record.chunks == 0:
+                    record.first_chunk()
+                    yield text
+                    continue
+                if len(pending) >= COALESCE_CHARS and (pending[-1] in _BOUNDARY or text[:1] in _BOUNDARY):
+                    record.first_chunk()
+                    yield pending
+                    pending = ""
+                pending += text
+            if pending:
                 record.first_chunk()
-                yield text
-        except LLMError as exc:
-            log.warning("model failed: %s", exc.reason)
-            yield self._apologise(record, exc.reason, exc.spoke)
+                yield pending
         except Exception:
             log.exception("turn failed")
-            yield self._apologise(record, "internal error", record.chunks > 0)
+            record.outcome, record.fallback = "apology", "internal error"
+            record.first_chunk()
+            yield pending + (APOLOGY_MID_ANSWER if record.chunks > 1 or pending else CANNOT_LOOK_UP)
+        finally:
+            if tools is not None:
+                tools.end_turn()
 
-    @staticmethod
-    def _apologise(record: TurnRecord, reason: str, spoke: bool) -> str:
-        record.outcome = "apology"
-        record.fallback = reason
-        record.first_chunk()
-        return APOLOGY_MID_ANSWER if spoke else APOLOGY
+    async def _answer(
+        self, transcript: Sequence[Any], record: TurnRecord, tools: CallTools | None
+    ) -> AsyncIterator[str]:
+        clean = sanitise_transcript(
+            transcript,
+            max_utterance_chars=self.settings.max_utterance_chars,
+            max_history_chars=self.settings.max_history_chars,
+        )
+        record.flags = clean.flags
+        if clean.flags & HOSTILE_FLAGS:
+            log.warning("transcript flagged: %s", ", ".join(sorted(clean.flags & HOSTILE_FLAGS)))
+        if not clean.utterance:
+            record.outcome = "not_understood"
+            yield DID_NOT_CATCH
+            return
+        query, record.follow_up = retrieval_query(clean)
+        if self.retriever is None or not self.retriever.ready:
+            record.outcome, record.fallback = "no_index", "index unavailable"
+            yield CANNOT_LOOK_UP
+            return
+        retrieval = await self.retriever.retrieve(query)
+        record.retrieved(retrieval)
+        if not self.llm.enabled:
+            record.outcome, record.fallback = "documents_only", "no model"
+            yield await asyncio.to_thread(extractive_answer, retrieval, query, self.retriever.embedder)
+            return
+        async for text in self._model_answer(clean, retrieval, query, record, tools):
+            yield text
+
+    async def _model_answer(
+        self,
+        clean: SanitisedTranscript,
+        retrieval: Retrieval,
+        query: str,
+        record: TurnRecord,
+        tools: CallTools | None,
+    ) -> AsyncIterator[str]:
+        """Model rounds: text streams out as it comes; tool calls are gated, answered, and the
+        model goes again (at most MAX_TOOL_ROUNDS times, the last round without tools)."""
+        offered = await tools.begin_turn() if tools is not None else ()
+        specs = tools.box.specs(offered) if tools is not None and offered else None
+        messages = self.prompt.messages(clean, retrieval, offered)
+        spoke = acted = False
+        for round_no in range(MAX_TOOL_ROUNDS + 1):
+            calls: list[ToolCall] = []
+            said: list[str] = []
+            last = round_no == MAX_TOOL_ROUNDS
+            try:
+                async for text in self.llm.stream_text(
+                    messages,
+                    record.timing,
+                    tools=specs,
+                    tool_choice="none" if last else None,
+                    tool_calls=calls,
+                    call_prefix=f"call_{round_no}",
+                    allow_empty=round_no > 0,
+                ):
+                    spoke = True
+                    said.append(text)
+                    yield text
+            except LLMError as exc:
+                log.warning("model failed: %s", exc.reason)
+                record.outcome, record.fallback = "fallback", exc.reason
+                line = tools.line if tools is not None else None
+                if line is not None:
+                    if not spoke:
+                        yield line  # a transfer or goodbye is under way: say that, nothing else
+                elif spoke or round_no > 0:
+                    yield APOLOGY_MID_ANSWER if spoke else APOLOGY_MID_ANSWER.lstrip()
+                else:
+                    yield await asyncio.to_thread(extractive_answer, retrieval, query, self.retriever.embedder)
+                return
+            if not calls:
+                break
+            if last or tools is None:
+                for call in calls:
+                    record.tools.append(f"{call.name[:64]}:round_limit")
+                    if tools is not None:
+                        tools.box.count(call.name, "round_limit")
+                break
+            results = await tools.run(calls)
+            record.tools += [f"{call.name[:64]}:{label}" for call, label in zip(calls, tools.labels, strict=True)]
+            acted = acted or "accepted" in tools.labels
+            messages = [
+                *messages,
+                {"role": "assistant", "content": "".join(said) or None, "tool_calls": [c.message() for c in calls]},
+                *({"role": "tool", "tool_call_id": c.id, "content": r} for c, r in zip(calls, results, strict=True)),
+            ]
+        if not spoke:
+            line = tools.line if tools is not None else None
+            yield line or (DONE if acted else CANNOT_DO)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from app.testing.fake_openai import FakeOpenAI
 from app.testing.live_server import LiveServer
 
 SECRET = "test-shared-secret"
+KNOWLEDGE = Path(__file__).resolve().parent.parent / "knowledge"
 API_KEY = "sk_test_elevenlabs_key"
 
 
@@ -32,13 +34,33 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
         pytest.fail(f"leaked tasks: {[t.get_name() + ' ' + repr(t.get_coro()) for t in leaked]}")
 
 
+@pytest.fixture(scope="session")
+def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One data dir for tests that need no private state, so the embedding model is exported once."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def kb_index(shared_data_dir: Any) -> Path:
+    """An index of the sample knowledge base in knowledge/, built once per session by the real ingest."""
+    from ingest.pipeline import run_ingest
+
+    index_dir = shared_data_dir / "kb-index"
+    settings = Settings(_env_file=None, data_dir=shared_data_dir, index_dir=index_dir)
+    report = run_ingest(settings, KNOWLEDGE)
+    assert report.chunks > 100 and not report.skipped
+    return index_dir
+
+
 @pytest.fixture
-def make_settings(tmp_path: Any) -> Callable[..., Settings]:
+def make_settings(shared_data_dir: Any, kb_index: Path) -> Callable[..., Settings]:
+    """Settings for a test server: the shared secret, the sample knowledge base, and any overrides."""
+
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "shared_secret": SECRET,
-            "data_dir": tmp_path / "data",
-            "index_dir": tmp_path / "data" / "index",
+            "data_dir": shared_data_dir,
+            "index_dir": kb_index,
             "log_level": "DEBUG",
         }
         values.update(overrides)
@@ -79,9 +101,11 @@ async def fake_elevenlabs() -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-def phone_settings(fake_elevenlabs: Any) -> dict[str, Any]:
+def phone_settings(fake_elevenlabs: Any, shared_data_dir: Any, tmp_path: Any) -> dict[str, Any]:
     """Settings for a server that answers calls: Twilio signatures on, ElevenLabs at the fake."""
     return {
+        "data_dir": shared_data_dir,
+        "index_dir": tmp_path / "index",
         "public_url": PUBLIC_URL,
         "twilio_auth_token": TWILIO_TOKEN,
         "elevenlabs_api_key": API_KEY,

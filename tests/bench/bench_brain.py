@@ -1,7 +1,8 @@
 """Brain overhead under load: time to first chunk at the Speech Engine's side minus the model's delay.
 
 The server (`python -m app`) and the fake model each run in their own process; this process only
-generates load: N conversations whose turns arrive at random moments, not in lockstep.
+generates load: N conversations whose turns arrive at random moments, not in lockstep. Every turn
+retrieves from an index of at least 5k passages (the eval corpora plus generated filler pages).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -18,13 +20,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 
+from app.knowledge_index import embedder_for
+from app.retrieval import Retriever
+from app.settings import Settings
 from app.testing.speech_engine import SpeechEngineClient
+from ingest.pipeline import run_ingest
 
 MODEL_DELAY_S = 0.2
 TURNS_PER_CONVERSATION = 6
 SECRET = "bench-secret"
+EVAL = Path(__file__).resolve().parents[3] / "shared" / "eval"
 QUESTIONS = [
     "what time does the shop open on saturdays",
     "how much is the fastest internet plan",
@@ -120,11 +126,45 @@ async def run_load(url: str, conversations: int) -> list[float]:
     return overheads
 
 
-@pytest.mark.parametrize("retrieval", [False], ids=["no-retrieval"])
-def test_brain_overhead(tmp_path: Path, retrieval: bool) -> None:
-    with brain_server(tmp_path) as url:
+def big_index() -> Path:
+    """An index of >= 5k passages, built once and reused (ingest is a no-op when nothing changed)."""
+    data = Path("data").resolve()
+    docs = data / "bench" / "docs"
+    if not docs.is_dir():
+        rng = random.Random(0)
+        sentences = [
+            s.strip() + "."
+            for source in sorted(EVAL.glob("*/docs/*.md"))
+            for s in source.read_text(encoding="utf-8").replace("\n", " ").split(". ")
+            if len(s.split()) > 5
+        ]
+        for source in sorted(EVAL.glob("*/docs")):
+            shutil.copytree(source, docs / source.parent.name)
+        for page in range(75):
+            sections = [
+                f"## Note {section}\n\n" + " ".join(rng.choice(sentences) for _ in range(40)) for section in range(6)
+            ]
+            (docs / "filler").mkdir(parents=True, exist_ok=True)
+            (docs / "filler" / f"archive-{page:03d}.md").write_text(
+                f"# Archive page {page}\n\n" + "\n\n".join(sections)
+            )
+    settings = Settings(_env_file=None, data_dir=data, index_dir=data / "bench" / "index")
+    report = run_ingest(settings, docs, progress=True)
+    assert report.chunks >= 5000, report.chunks
+    return settings.index_dir
+
+
+def test_brain_overhead(tmp_path: Path) -> None:
+    index_dir = big_index()
+    settings = Settings(_env_file=None, data_dir=Path("data").resolve(), index_dir=index_dir)
+    retriever = Retriever(settings, embedder_for(settings))
+    retriever.load()
+    assert retriever.build is not None
+    timings = [retriever.retrieve_sync(q).seconds for q in QUESTIONS * 20]
+    print(f"\nretrieval alone over {len(retriever.build.chunks)} passages: {_percentiles(timings)}")
+    retriever.close()
+    with brain_server(tmp_path, {"INDEX_DIR": str(index_dir), "DATA_DIR": str(settings.data_dir)}) as url:
         asyncio.run(run_load(url, 2))  # warm-up: imports, first connections
-        print()
         for n in (1, 20, 50):
             overheads = asyncio.run(run_load(url, n))
             print(f"brain overhead, {n:>2} conversations: {_percentiles(overheads)}")

@@ -1,0 +1,141 @@
+"""The Twilio side's state in one process: admission slots, how each stream ended, the ElevenLabs
+client for signed URLs, the bridge's limits, and the observers told about every call.
+
+Opened in `before_serving` and closed in `after_serving` through `Services`. Everything here is
+in-process; with several replicas, admission is per replica and a stream's outcome is known to the
+replica that carried it (Twilio calls the Connect action on the same public URL, so put sticky
+sessions, or a shared store behind `StreamOutcomes`, in front of more than one).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from elevenlabs.client import AsyncElevenLabs
+
+from .call_control import CallObserver, EndReason
+from .call_token import TTL_S
+from .observability import Metrics
+from .settings import Settings
+
+log = logging.getLogger("switchboard.telephony")
+
+
+@dataclass(frozen=True)
+class BridgeLimits:
+    """Every wait in the bridge is bounded; tests shorten these."""
+
+    start_timeout: float = 10.0  # accepted upgrade → Twilio `start`
+    ready_timeout: float = 8.0  # `start` → signed URL, socket open, conversation metadata
+    send_timeout: float = 2.0  # any one send to either peer
+    close_timeout: float = 2.0  # closing the ElevenLabs socket
+    observer_timeout: float = 1.0  # each observer callback
+    buffer_frames: int = 250  # caller audio held until ElevenLabs is ready: 5 s of 20 ms frames
+    max_call_seconds: float = 900.0  # MAX_CALL_SECONDS
+
+
+class CallSlots:
+    """Admission control: the webhook reserves a slot, the stream claims it, the end releases it.
+
+    A reservation that no stream claims lapses with the call token (TTL_S).
+    """
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self._clock = clock
+        self._reserved: dict[str, float] = {}
+        self._live: set[str] = set()
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+    def _purge(self) -> None:
+        now = self._clock()
+        for sid in [sid for sid, deadline in self._reserved.items() if deadline < now]:
+            del self._reserved[sid]
+
+    def reserve(self, call_sid: str) -> bool:
+        self._purge()
+        if call_sid in self._reserved or call_sid in self._live:
+            return True
+        if len(self._reserved) + len(self._live) >= self.limit:
+            return False
+        self._reserved[call_sid] = self._clock() + TTL_S
+        return True
+
+    def claim(self, call_sid: str) -> bool:
+        """Turn a reservation into a live call. False for a second stream of a live call, or when
+        full and this call was never reserved here."""
+        self._purge()
+        if call_sid in self._live:
+            return False
+        if self._reserved.pop(call_sid, None) is None and len(self._reserved) + len(self._live) >= self.limit:
+            return False
+        self._live.add(call_sid)
+        return True
+
+    def release(self, call_sid: str) -> None:
+        self._live.discard(call_sid)
+
+
+class StreamOutcomes:
+    """How each call's stream ended, kept long enough for Twilio's Connect action to ask."""
+
+    def __init__(self, ttl_s: float = 600.0, capacity: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self._ttl = ttl_s
+        self._capacity = capacity
+        self._clock = clock
+        self._ended: OrderedDict[str, tuple[EndReason, float]] = OrderedDict()
+
+    def record(self, call_sid: str, reason: EndReason) -> None:
+        self._ended[call_sid] = (reason, self._clock() + self._ttl)
+        self._ended.move_to_end(call_sid)
+        while len(self._ended) > self._capacity:
+            self._ended.popitem(last=False)
+
+    def get(self, call_sid: str) -> EndReason | None:
+        now = self._clock()
+        while self._ended:
+            oldest, (_, deadline) = next(iter(self._ended.items()))
+            if deadline >= now:
+                break
+            del self._ended[oldest]
+        entry = self._ended.get(call_sid)
+        return entry[0] if entry is not None else None
+
+
+class Telephony:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.limits = BridgeLimits(max_call_seconds=settings.max_call_seconds)
+        self.slots = CallSlots(settings.max_concurrent_calls)
+        self.outcomes = StreamOutcomes()
+        self.observers: list[CallObserver] = []
+        self.elevenlabs: AsyncElevenLabs | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def bridge_configured(self) -> bool:
+        return self.settings.elevenlabs_api_key is not None and bool(self.settings.speech_engine_id)
+
+    async def start(self) -> None:
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False)
+        kwargs = {"base_url": self.settings.elevenlabs_base_url} if self.settings.elevenlabs_base_url else {}
+        self.elevenlabs = AsyncElevenLabs(
+            api_key=self.settings.secret("elevenlabs_api_key"), httpx_client=self._http, **kwargs
+        )
+        if self.settings.twilio_auth_token is None or self.settings.public_url is None:
+            log.warning("Twilio webhook and /media-stream refuse every request: set TWILIO_AUTH_TOKEN and PUBLIC_URL")
+        elif not self.bridge_configured:
+            log.warning("calls get the apology and FALLBACK_NUMBER: set ELEVENLABS_API_KEY and SPEECH_ENGINE_ID")
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()

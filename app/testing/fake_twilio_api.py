@@ -1,0 +1,123 @@
+"""A stand-in for Twilio's REST API: the IncomingPhoneNumbers `make configure` reads and updates, and
+call updates (redirects, hang-ups), recorded for tests. The twilio client reaches it through
+`TWILIO_API_BASE_URL`. Basic auth with the account SID and auth token, as Twilio checks it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import secrets
+from typing import Any
+
+from quart import Quart, request
+
+from app.testing.live_server import LiveServer
+
+_FIELDS = {
+    "VoiceUrl": "voice_url",
+    "VoiceMethod": "voice_method",
+    "VoiceFallbackUrl": "voice_fallback_url",
+    "VoiceFallbackMethod": "voice_fallback_method",
+    "StatusCallback": "status_callback",
+    "FriendlyName": "friendly_name",
+}
+
+
+class FakeTwilioApi:
+    def __init__(self, account_sid: str, auth_token: str, numbers: list[str] | None = None) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.numbers: dict[str, dict[str, Any]] = {}
+        for number in numbers or []:
+            self.add_number(number)
+        self.number_updates: list[dict[str, str]] = []
+        self.call_updates: list[tuple[str, dict[str, str]]] = []
+        self._server: LiveServer | None = None
+
+    def add_number(self, number: str, **fields: Any) -> dict[str, Any]:
+        sid = "PN" + secrets.token_hex(16)
+        record = {
+            "sid": sid,
+            "account_sid": self.account_sid,
+            "phone_number": number,
+            "friendly_name": number,
+            "voice_url": "https://demo.twilio.com/welcome/voice/",
+            "voice_method": "POST",
+            "voice_fallback_url": None,
+            "voice_fallback_method": "POST",
+            "status_callback": None,
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/IncomingPhoneNumbers/{sid}.json",
+            **fields,
+        }
+        self.numbers[sid] = record
+        return record
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return self._server.http_url
+
+    async def __aenter__(self) -> FakeTwilioApi:
+        self._server = LiveServer(self._app())
+        await self._server.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            await self._server.__aexit__(*exc)
+
+    def _authorised(self) -> bool:
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        return hmac.compare_digest(request.headers.get("Authorization", ""), f"Basic {expected}")
+
+    def _app(self) -> Quart:
+        app = Quart("fake_twilio_api")
+        prefix = "/2010-04-01/Accounts/<account>"
+        unauthorised = {"code": 20003, "message": "Authenticate", "status": 401}
+
+        @app.get("/healthz")
+        async def healthz() -> tuple[str, int]:
+            return "ok", 200
+
+        @app.get(f"{prefix}/IncomingPhoneNumbers.json")
+        async def list_numbers(account: str) -> tuple[dict[str, Any], int]:
+            if not self._authorised() or account != self.account_sid:
+                return unauthorised, 401
+            wanted = request.args.get("PhoneNumber")
+            found = [n for n in self.numbers.values() if wanted is None or n["phone_number"] == wanted]
+            uri = f"/2010-04-01/Accounts/{account}/IncomingPhoneNumbers.json"
+            return {
+                "incoming_phone_numbers": found,
+                "end": max(len(found) - 1, 0),
+                "first_page_uri": uri,
+                "next_page_uri": None,
+                "page": 0,
+                "page_size": 50,
+                "previous_page_uri": None,
+                "start": 0,
+                "uri": uri,
+            }, 200
+
+        @app.post(f"{prefix}/IncomingPhoneNumbers/<sid>.json")
+        async def update_number(account: str, sid: str) -> tuple[dict[str, Any], int]:
+            if not self._authorised() or account != self.account_sid:
+                return unauthorised, 401
+            if sid not in self.numbers:
+                return {"code": 20404, "message": "not found", "status": 404}, 404
+            form = dict(await request.form)
+            self.number_updates.append(form)
+            for name, value in form.items():
+                if name in _FIELDS:
+                    self.numbers[sid][_FIELDS[name]] = value
+            return self.numbers[sid], 200
+
+        @app.post(f"{prefix}/Calls/<sid>.json")
+        async def update_call(account: str, sid: str) -> tuple[dict[str, Any], int]:
+            if not self._authorised() or account != self.account_sid:
+                return unauthorised, 401
+            form = dict(await request.form)
+            self.call_updates.append((sid, form))
+            return {"sid": sid, "account_sid": account, "status": form.get("Status", "in-progress")}, 200
+
+        return app

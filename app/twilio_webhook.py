@@ -1,0 +1,139 @@
+"""Twilio's voice webhook (POST /incoming-call), the Connect action (POST /connect-action), and the
+action of a transfer's dial (POST /dial-action).
+
+Both refuse with 403, and keep no call state, unless X-Twilio-Signature matches the public URL.
+TwiML is built only with the twilio helper library.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from quart import Blueprint, Response, request
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from . import call_token
+from .bridge import STREAM_PATH
+from .call_actions import DIAL_ACTION_PATH, after_dial_twiml
+from .call_control import EndReason
+from .observability import mask_digits
+from .services import services
+from .settings import Settings
+from .twilio_auth import public_url, raw_path, stream_url, valid_signature
+
+log = logging.getLogger("switchboard.twilio")
+twilio_webhook = Blueprint("twilio_webhook", __name__)
+
+INCOMING_PATH = "/incoming-call"
+ACTION_PATH = "/connect-action"
+_CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
+
+
+def _twiml(response: VoiceResponse) -> Response:
+    return Response(str(response), status=200, content_type="text/xml")
+
+
+def busy_twiml(settings: Settings) -> VoiceResponse:
+    r = VoiceResponse()
+    r.say(
+        f"Thank you for calling {settings.company_name}. All of our lines are busy right now. "
+        "Please call again in a few minutes. Goodbye."
+    )
+    r.hangup()
+    return r
+
+
+def connect_twiml(settings: Settings, caller: str, token: str) -> VoiceResponse:
+    r = VoiceResponse()
+    connect = Connect(action=public_url(settings, ACTION_PATH), method="POST")
+    stream = connect.stream(url=stream_url(settings, STREAM_PATH))
+    stream.parameter(name="caller", value=caller)
+    stream.parameter(name="token", value=token)
+    r.append(connect)
+    return r
+
+
+def ended_twiml(settings: Settings, reason: EndReason | None) -> VoiceResponse:
+    """What the caller hears once the stream has ended. Never silence."""
+    r = VoiceResponse()
+    if reason is EndReason.MAX_DURATION:
+        r.say("We have reached the time limit for this call. Thank you for calling, goodbye.")
+        r.hangup()
+    elif reason is not None and not reason.failed:
+        r.hangup()
+    elif settings.fallback_number:
+        r.say("Sorry, our assistant is having trouble right now. Let me put you through to a member of our team.")
+        r.dial(settings.fallback_number)
+        r.hangup()
+    else:
+        r.say("Sorry, our assistant is having trouble right now. Please call again a little later. Goodbye.")
+        r.hangup()
+    return r
+
+
+async def _signed_form() -> object | None:
+    """The form if X-Twilio-Signature is valid for the public URL of this exact path and query."""
+    settings = services().settings
+    form = await request.form
+    if settings.public_url is None:
+        return None
+    url = public_url(settings, raw_path(request.scope, request.path), request.query_string)
+    return form if valid_signature(settings, [url], form, request.headers) else None
+
+
+def _refuse(reason: str) -> tuple[str, int]:
+    services().metrics.twilio_rejected.labels(reason).inc()
+    log.warning("Twilio webhook refused: %s", reason, extra={"path": request.path})
+    return "forbidden\n", 403
+
+
+@twilio_webhook.post(INCOMING_PATH)
+async def incoming_call() -> Response | tuple[str, int]:
+    svc = services()
+    settings, telephony = svc.settings, svc.telephony
+    form = await _signed_form()
+    if form is None:
+        return _refuse("signature")
+    call_sid = form.get("CallSid", "")
+    caller = form.get("From", "")[:64]
+    if not _CALL_SID.fullmatch(call_sid):
+        return "bad request\n", 400
+    log_extra = {"call_sid": call_sid, "caller": mask_digits(caller)}
+    if not telephony.bridge_configured:
+        log.error("incoming call sent to the fallback: ElevenLabs is not configured", extra=log_extra)
+        return _twiml(ended_twiml(settings, None))
+    if not telephony.slots.reserve(call_sid):
+        svc.metrics.twilio_rejected.labels("busy").inc()
+        log.warning("incoming call refused: %d calls already live", telephony.slots.live, extra=log_extra)
+        return _twiml(busy_twiml(settings))
+    key = call_token.derive_key(settings.secret("twilio_auth_token") or "")
+    token = call_token.issue(key, call_sid, caller, time.time())
+    log.info("incoming call", extra=log_extra)
+    return _twiml(connect_twiml(settings, caller, token))
+
+
+@twilio_webhook.post(ACTION_PATH)
+async def connect_action() -> Response | tuple[str, int]:
+    svc = services()
+    form = await _signed_form()
+    if form is None:
+        return _refuse("action_signature")
+    call_sid = form.get("CallSid", "")
+    reason = svc.telephony.outcomes.get(call_sid) if _CALL_SID.fullmatch(call_sid) else None
+    log.info("connect action: stream ended %s", reason or "unknown", extra={"call_sid": call_sid[:40]})
+    return _twiml(ended_twiml(svc.settings, reason))
+
+
+@twilio_webhook.post(DIAL_ACTION_PATH)
+async def dial_action() -> Response | tuple[str, int]:
+    """A transfer's dial is over: hang up if the colleague answered, else FALLBACK_NUMBER semantics."""
+    svc = services()
+    form = await _signed_form()
+    if form is None:
+        return _refuse("dial_action_signature")
+    status = form.get("DialCallStatus", "")[:20]
+    department = request.args.get("department")
+    log.info("transfer dial ended: %s", status or "unknown", extra={"call_sid": form.get("CallSid", "")[:40]})
+    return _twiml(after_dial_twiml(svc.settings, status, department))

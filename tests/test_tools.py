@@ -1,0 +1,405 @@
+"""Tools in process: schemas, what is offered when, the gate, streamed tool-call assembly, the keypad."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import xml.etree.ElementTree as ET
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from app.call_actions import CallActions, after_dial_twiml, transfer_twiml
+from app.call_control import EndReason
+from app.call_registry import END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL, InProcessCallRegistry
+from app.llm import MAX_TOOL_ARGUMENT_CHARS, MAX_TOOL_CALLS, ToolCall, _ToolCallParts
+from app.messages import MessageStore
+from app.observability import Metrics
+from app.prompt import TOOL_RULES, Prompt
+from app.settings import Settings
+from app.tools import CallTools, Toolbox
+from tests.test_call_registry import FAST, SID, Stream
+
+TARGETS = {"sales": "+15551230001", "support": "+15551230002"}
+PHONE = {
+    "twilio_account_sid": "AC" + "0" * 32,
+    "twilio_auth_token": "token",
+    "public_url": "https://switchboard.example",
+    "transfer_targets": TARGETS,
+}
+
+
+class RecordingActions(CallActions):
+    """Twilio REST actions that record instead of calling Twilio."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(settings, metrics)
+        self.transfers_made: list[tuple[str, str, str | None]] = []
+        self.done = asyncio.Event()
+
+    async def transfer(self, call_sid: str, department: str, say: str | None = None) -> bool:
+        self.transfers_made.append((call_sid, department, say))
+        self.done.set()
+        return True
+
+
+def settings(tmp_path, **values: Any) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path, **values)
+
+
+async def toolbox(tmp_path, *, store: bool = True, **values: Any) -> tuple[Toolbox, InProcessCallRegistry]:
+    s = settings(tmp_path, **values)
+    metrics = Metrics()
+    registry = InProcessCallRegistry(timings=FAST)
+    message_store = None
+    if store:
+        message_store = MessageStore(tmp_path)
+        message_store.open()
+    return Toolbox(s, metrics, registry, RecordingActions(s, metrics), message_store), registry
+
+
+async def on_call(box: Toolbox, registry: InProcessCallRegistry, stream: Stream | None = None) -> CallTools:
+    stream = stream or Stream()
+    await registry.call_started(stream.control)
+    tools = box.conversation(stream.control.call_sid)
+    await tools.begin_turn()
+    return tools
+
+
+def call(name: str, arguments: Any, call_id: str = "call_1") -> ToolCall:
+    return ToolCall(call_id, name, arguments if isinstance(arguments, str) else json.dumps(arguments))
+
+
+def counted(box: Toolbox, tool: str, outcome: str) -> float:
+    return (
+        box.metrics.registry.get_sample_value("switchboard_tool_calls_total", {"tool": tool, "outcome": outcome}) or 0
+    )
+
+
+# --- schemas and what is offered ------------------------------------------------------------
+
+
+async def test_schemas_forbid_extra_fields_and_list_only_configured_departments(tmp_path) -> None:
+    box, registry = await toolbox(tmp_path, **PHONE)
+    tools = await on_call(box, registry)
+    specs = {spec["function"]["name"]: spec["function"] for spec in box.specs(tools.offered)}
+    assert list(specs) == [TRANSFER_TOOL, END_TOOL, MESSAGE_TOOL]
+    transfer = specs[TRANSFER_TOOL]["parameters"]
+    assert transfer["properties"]["department"]["enum"] == ["sales", "support"]
+    assert transfer["required"] == ["department"]
+    for spec in specs.values():
+        assert spec["parameters"]["additionalProperties"] is False
+        assert "title" not in spec["parameters"]
+    assert set(specs[MESSAGE_TOOL]["parameters"]["required"]) == {"name", "message"}
+    assert "+1555" not in json.dumps(specs)  # numbers never go to the model
+    assert box.specs(tools.offered) is box.specs(tools.offered)  # built once
+
+
+@pytest.mark.parametrize(
+    ("values", "bound", "store", "offered"),
+    [
+        pytest.param(PHONE, True, True, (TRANSFER_TOOL, END_TOOL, MESSAGE_TOOL), id="everything"),
+        pytest.param(PHONE, False, True, (MESSAGE_TOOL,), id="no-call"),
+        pytest.param({**PHONE, "twilio_account_sid": None}, True, True, (END_TOOL, MESSAGE_TOOL), id="no-account"),
+        pytest.param({**PHONE, "twilio_auth_token": None}, True, True, (END_TOOL, MESSAGE_TOOL), id="no-token"),
+        pytest.param({**PHONE, "transfer_targets": {}}, True, True, (END_TOOL, MESSAGE_TOOL), id="no-targets"),
+        pytest.param({**PHONE, "public_url": None}, True, True, (END_TOOL, MESSAGE_TOOL), id="no-public-url"),
+        pytest.param(PHONE, True, False, (TRANSFER_TOOL, END_TOOL), id="no-store"),
+        pytest.param({}, False, False, (), id="nothing"),
+    ],
+)
+async def test_tools_are_offered_only_when_their_prerequisites_hold(tmp_path, values, bound, store, offered) -> None:
+    box, registry = await toolbox(tmp_path, store=store, **values)
+    if bound:
+        tools = await on_call(box, registry)
+    else:
+        tools = box.conversation(None)
+        await tools.begin_turn()
+    assert tools.offered == offered
+    system = Prompt(box.settings).system_for(offered)
+    for name, rule in TOOL_RULES.items():
+        assert (rule in system) == (name in offered)
+
+
+async def test_a_call_over_or_transferred_offers_no_call_tools(tmp_path) -> None:
+    box, registry = await toolbox(tmp_path, **PHONE)
+    stream = Stream()
+    tools = await on_call(box, registry, stream)
+    await tools.run([call(TRANSFER_TOOL, {"department": "sales"})])
+    assert await tools.begin_turn() == (MESSAGE_TOOL,)
+    stream.control.finish(EndReason.CALLER_HUNG_UP)
+    await registry.call_ended(stream.control)
+    assert await tools.begin_turn() == (MESSAGE_TOOL,)
+    await registry.close()
+
+
+async def test_the_call_sid_header_must_look_like_one(tmp_path) -> None:
+    box, _ = await toolbox(tmp_path, **PHONE)
+    assert box.conversation(SID).call_sid == SID
+    for junk in ("{{call_sid}}", "", "CA123", "XX" + "1" * 32, SID + "0"):
+        assert box.conversation(junk).call_sid is None
+
+
+async def test_without_the_header_the_conversation_id_binds(tmp_path) -> None:
+    box, registry = await toolbox(tmp_path, **PHONE)
+    await registry.call_started(Stream(conversation_id="conv_9").control)
+    tools = box.conversation(None)
+    tools.conversation_id = "conv_9"
+    assert TRANSFER_TOOL in await tools.begin_turn()
+    assert tools.call is not None and tools.call.call_sid == SID
+
+
+# --- the gate ---------------------------------------------------------------------------------
+
+
+async def test_a_valid_transfer_waits_for_the_line_then_dials_the_configured_department(tmp_path) -> None:
+    box, registry = await toolbox(tmp_path, **PHONE)
+    stream = Stream()
+    tools = await on_call(box, registry, stream)
+    (result,) = await tools.run([call(TRANSFER_TOOL, {"department": "support"})])
+    assert json.loads(result)["ok"] is True and tools.line is not None
+    tools.end_turn()
+    mark = stream.play()
+    assert box.actions.transfers_made == []  # type: ignore[attr-defined]
+    stream.control.mark_echoed(mark)
+    async with asyncio.timeout(5):
+        await box.actions.done.wait()  # type: ignore[attr-defined]
+    assert box.actions.transfers_made == [(SID, "support", None)]  # type: ignore[attr-defined]
+    await registry.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "outcome", "says"),
+    [
+        pytest.param(TRANSFER_TOOL, {"department": "+19005550199"}, "invalid_arguments", "department", id="number"),
+        pytest.param(TRANSFER_TOOL, {"department": "billing"}, "invalid_arguments", "'sales' or 'support'", id="dept"),
+        pytest.param(
+            TRANSFER_TOOL, {"department": "sales", "number": "+19005550199"}, "invalid_arguments", "number", id="extra"
+        ),
+        pytest.param(TRANSFER_TOOL, "{not json", "invalid_arguments", "invalid arguments", id="not-json"),
+        pytest.param(TRANSFER_TOOL, "[]", "invalid_arguments", "invalid arguments", id="not-object"),
+        pytest.param(END_TOOL, {"reason": "bye", "dial": "+19005550199"}, "invalid_arguments", "dial", id="end-extra"),
+        pytest.param(MESSAGE_TOOL, {"name": "A", "message": "m", "x": 1}, "invalid_arguments", "x", id="msg-extra"),
+        pytest.param(
+            MESSAGE_TOOL,
+            {"name": "A", "message": "m", "callback_number": "555"},
+            "invalid_number",
+            "not a valid phone number",
+            id="bad-number",
+        ),
+        pytest.param("dial_number", {"number": "+19005550199"}, "unknown_tool", "no such tool", id="unknown"),
+        pytest.param("functions.transfer_call", {"department": "sales"}, "unknown_tool", "no such tool", id="alias"),
+    ],
+)
+async def test_rejected_calls_are_counted_and_explained(tmp_path, caplog, name, arguments, outcome, says) -> None:
+    box, registry = await toolbox(tmp_path, **PHONE)
+    tools = await on_call(box, registry)
+    (result,) = await tools.run([call(name, arguments)])
+    answer = json.loads(result)
+    assert answer["ok"] is False and says in answer["error"]
+    assert "+1900" not in result and "19005550199" not in result
+    assert tools.labels == [outcome]
+    assert counted(box, name if name in (TRANSFER_TOOL, END_TOOL, MESSAGE_TOOL) else "unknown", outcome) == 1
+    assert any("rejected" in r.getMessage() for r in caplog.records)
+    assert "19005550199" not in caplog.text  # numbers are masked in logs
+    await registry.close()
+    assert box.actions.transfers_made == []  # type: ignore[attr-defined]
+
+
+async def test_limits_one_transfer_one_end_three_messages(tmp_path) -> None:
+    box, registry = await toolbox(tmp_path, **PHONE)
+    tools = await on_call(box, registry)
+    message = {"name": "Dana", "callback_number": "(415) 555-0100", "message": "Call me back."}
+    results = await tools.run([call(MESSAGE_TOOL, message, f"m{n}") for n in range(4)])
+    assert [json.loads(r)["ok"] for r in results] == [True, True, True, False]
+    assert tools.labels == ["accepted"] * 3 + ["limit"]
+    assert len(box.store.since()) == 3  # type: ignore[union-attr]
+    results = await tools.run(
+        [
+            call(TRANSFER_TOOL, {"department": "sales"}, "t1"),
+            call(TRANSFER_TOOL, {"department": "support"}, "t2"),
+            call(END_TOOL, {"reason": "done"}, "e1"),
+        ]
+    )
+    assert tools.labels == ["accepted", "limit", "conflict"]
+    await registry.close()
+
+
+async def test_tools_not_offered_are_refused_even_if_called(tmp_path) -> None:
+    box, _ = await toolbox(tmp_path, **PHONE)
+    tools = box.conversation(None)  # no call: transfer and end are not offered
+    await tools.begin_turn()
+    await tools.run([call(TRANSFER_TOOL, {"department": "sales"}), call(END_TOOL, {"reason": "bye"})])
+    assert tools.labels == ["not_offered", "not_offered"]
+    assert box.actions.transfers_made == []  # type: ignore[attr-defined]
+
+
+async def test_tools_act_only_on_their_own_call(tmp_path) -> None:
+    box, registry = await toolbox(tmp_path, **PHONE)
+    mine, other = Stream(SID, "conv_1"), Stream("CA" + "9" * 32, "conv_2")
+    await registry.call_started(other.control)
+    tools = await on_call(box, registry, mine)
+    await tools.run([call(TRANSFER_TOOL, {"department": "sales"})])
+    tools.end_turn()
+    mine.control.mark_echoed(mine.play())
+    async with asyncio.timeout(5):
+        await box.actions.done.wait()  # type: ignore[attr-defined]
+    assert [sid for sid, _, _ in box.actions.transfers_made] == [SID]  # type: ignore[attr-defined]
+    other_call = registry.lookup(call_sid=other.control.call_sid)
+    assert other_call is not None and other_call.used(TRANSFER_TOOL) == 0
+    await registry.close()
+
+
+async def test_a_message_without_a_number_uses_the_callers(tmp_path) -> None:
+    box, registry = await toolbox(tmp_path, **PHONE)
+    tools = await on_call(box, registry)
+    long = "Please call me. " * 60
+    (result,) = await tools.run([call(MESSAGE_TOOL, {"name": " Dana\x07 Smith ", "message": long})])
+    assert "shortened to 500" in json.loads(result)["result"]
+    (saved,) = box.store.since()  # type: ignore[union-attr]
+    assert saved.callback_number == "+14155550100" and saved.call_sid == SID and saved.name == "Dana Smith"
+    assert len(saved.message) == 500
+    await registry.close()
+
+
+# --- the keypad -------------------------------------------------------------------------------
+
+
+async def test_keypad_zero_transfers_to_the_first_department_once(tmp_path) -> None:
+    box, registry = await toolbox(tmp_path, **{**PHONE, "transfer_targets": {"support": "+15551230002", **TARGETS}})
+    stream = Stream()
+    await registry.call_started(stream.control)
+    box.dtmf(stream.control, "5")
+    box.dtmf(stream.control, "0")
+    async with asyncio.timeout(5):
+        await box.actions.done.wait()  # type: ignore[attr-defined]
+    box.dtmf(stream.control, "0")
+    assert box.actions.transfers_made == [(SID, "support", "Connecting you to support now.")]  # type: ignore[attr-defined]
+    assert counted(box, TRANSFER_TOOL, "keypad") == 1 and counted(box, TRANSFER_TOOL, "keypad_refused") == 1
+    await registry.close()
+
+
+async def test_keypad_does_nothing_without_transfers(tmp_path) -> None:
+    box, registry = await toolbox(tmp_path, **{**PHONE, "transfer_targets": {}})
+    stream = Stream()
+    await registry.call_started(stream.control)
+    box.dtmf(stream.control, "0")
+    assert registry.lookup(call_sid=SID).used(TRANSFER_TOOL) == 0  # type: ignore[union-attr]
+
+
+# --- TwiML ------------------------------------------------------------------------------------
+
+
+def test_transfer_twiml_dials_the_configured_number_with_an_action(tmp_path) -> None:
+    root = ET.fromstring(str(transfer_twiml(settings(tmp_path, **PHONE), "sales", "Connecting you now.")))
+    assert [child.tag for child in root] == ["Say", "Dial"]
+    dial = root.find("Dial")
+    assert dial is not None and dial.text == "+15551230001"
+    assert dial.get("action") == "https://switchboard.example/dial-action?department=sales"
+    with pytest.raises(KeyError):
+        transfer_twiml(settings(tmp_path, **PHONE), "+19005550199")
+
+
+@pytest.mark.parametrize(
+    ("status", "fallback", "department", "verbs", "dialled"),
+    [
+        ("completed", "+15550001111", "sales", ["Hangup"], []),
+        ("busy", "+15550001111", "sales", ["Say", "Dial", "Hangup"], ["+15550001111"]),
+        ("no-answer", None, "sales", ["Say", "Hangup"], []),
+        ("failed", "+15551230001", "sales", ["Say", "Hangup"], []),  # the fallback is the number that failed
+        ("failed", "+15550001111", "+19005550199", ["Say", "Dial", "Hangup"], ["+15550001111"]),
+    ],
+)
+def test_after_the_dial(tmp_path, status, fallback, department, verbs, dialled) -> None:
+    root = ET.fromstring(
+        str(after_dial_twiml(settings(tmp_path, **PHONE, fallback_number=fallback), status, department))
+    )
+    assert [child.tag for child in root] == verbs
+    assert [(d.text or "").strip() for d in root.iter("Dial")] == dialled
+
+
+# --- assembling streamed tool calls -------------------------------------------------------------
+
+
+def delta(index: int | None, call_id: str | None = None, name: str | None = None, arguments: str | None = None):
+    """A tool-call delta as the stream's JSON carries it (keys may be missing)."""
+    function = {k: v for k, v in (("name", name), ("arguments", arguments)) if v is not None}
+    return {k: v for k, v in (("index", index), ("id", call_id), ("function", function)) if v is not None}
+
+
+def test_deltas_assemble_by_index_in_pieces() -> None:
+    parts = _ToolCallParts()
+    parts.add([delta(0, "call_a", "transfer_call", ""), delta(1, "call_b", "end_call", '{"re')])
+    parts.add([delta(0, None, None, '{"depart'), delta(1, None, None, 'ason": "bye"}')])
+    parts.add([delta(0, None, None, 'ment": "sales"}')])
+    assert parts.calls("call") == [
+        ToolCall("call_a", "transfer_call", '{"department": "sales"}'),
+        ToolCall("call_b", "end_call", '{"reason": "bye"}'),
+    ]
+
+
+def test_deltas_without_index_or_id_still_assemble() -> None:
+    parts = _ToolCallParts()
+    parts.add([delta(None, "x1", "end_call", '{"reason":'), delta(None, None, None, ' "bye"}')])
+    parts.add([delta(None, "x2", "take_message", "{}")])
+    parts.add([delta(5, None, "end_call", "{}")])
+    calls = parts.calls("r0")
+    assert [(c.id, c.name, c.arguments) for c in calls] == [
+        ("x1", "end_call", '{"reason": "bye"}'),
+        ("x2", "take_message", "{}"),
+        ("r0_5", "end_call", "{}"),
+    ]
+
+
+def test_too_many_or_too_large_tool_calls_are_bounded() -> None:
+    parts = _ToolCallParts()
+    parts.add([delta(i, f"c{i}", "take_message", "{}") for i in range(MAX_TOOL_CALLS + 3)])
+    parts.add([delta(0, None, None, "x" * (MAX_TOOL_ARGUMENT_CHARS + 10))])
+    parts.add([delta(1, None, "n" * 200, None)])
+    calls = parts.calls("call")
+    assert len(calls) == MAX_TOOL_CALLS and parts.dropped == 3
+    assert calls[0].arguments == "{}" and "longer than" in (calls[0].error or "")
+    assert calls[1].name == "take_message" and calls[1].error is None  # the first name sticks
+
+
+# --- the Twilio REST action -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["token", "wrong-token"])
+async def test_transfer_redirects_the_call_through_the_rest_api(tmp_path, token) -> None:
+    from app.testing.fake_twilio_api import FakeTwilioApi
+
+    async with FakeTwilioApi(PHONE["twilio_account_sid"], "token") as api:
+        s = settings(tmp_path, **{**PHONE, "twilio_auth_token": token, "twilio_api_base_url": api.base_url})
+        actions = CallActions(s, Metrics())
+        await actions.start()
+        try:
+            done = await actions.transfer(SID, "sales")
+            unknown = await actions.transfer(SID, "+19005550199")
+        finally:
+            await actions.aclose()
+    outcome = "redirected" if token == "token" else "failed"
+    labels = {"action": "transfer", "outcome": outcome}
+    assert actions.metrics.registry.get_sample_value("switchboard_call_actions_total", labels) == 1
+    assert done is (token == "token") and unknown is False
+    if done:
+        ((sid, form),) = api.call_updates
+        assert sid == SID and ET.fromstring(form["Twiml"]).findtext("Dial") == "+15551230001"
+    else:
+        assert api.call_updates == []
+
+
+@pytest.mark.parametrize("fallback", [None, "+15550001111"])
+async def test_a_refused_redirect_ends_the_stream_for_the_fallback_only_if_there_is_one(tmp_path, fallback) -> None:
+    box, _ = await toolbox(tmp_path, **PHONE, fallback_number=fallback)
+    ends: list[EndReason] = []
+    live = SimpleNamespace(call_sid=SID, ended=False, end=ends.append)
+
+    async def refused(call_sid: str, department: str, say: str | None = None) -> bool:
+        return False
+
+    box.actions.transfer = refused  # type: ignore[method-assign]
+    await box.transfer(live, "sales")  # type: ignore[arg-type]
+    # A failed stream makes the Connect action apologise and dial FALLBACK_NUMBER; without one, talk on.
+    assert ends == ([EndReason.INTERNAL_ERROR] if fallback else [])
