@@ -8,7 +8,6 @@ retrieves from an index of at least 5k passages (the eval corpora plus generated
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
 import statistics
@@ -19,13 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 from app.knowledge_index import embedder_for
 from app.retrieval import Retriever
 from app.settings import Settings
 from app.testing.speech_engine import SpeechEngineClient
 from ingest.pipeline import run_ingest
+from tests.bench.server_process import app_process
 
 MODEL_DELAY_S = 0.2
 TURNS_PER_CONVERSATION = 6
@@ -41,65 +39,34 @@ QUESTIONS = [
 ]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def brain_server(tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """The fake model and the server, each in its own process; yields the brain's ws URL."""
     port_file = tmp / "model.port"
     model = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app.testing.fake_openai",
-            "--first-token-delay",
-            str(MODEL_DELAY_S),
-            "--inter-token-delay",
-            "0.02",
-            "--port-file",
-            str(port_file),
-        ],
+        [sys.executable, "-m", "app.testing.fake_openai", "--first-token-delay", str(MODEL_DELAY_S),
+         "--inter-token-delay", "0.02", "--port-file", str(port_file)],
         stdout=subprocess.DEVNULL,
-    )
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "SHARED_SECRET": SECRET,
-        "OPENAI_MODEL": "fake",
-        "OPENAI_API_KEY": "sk-fake",
-        "LOG_LEVEL": "WARNING",
-        "DATA_DIR": str(tmp / "data"),
-        "INDEX_DIR": str(tmp / "data" / "index"),
-        **(extra_env or {}),
-    }
-    server = None
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         while not port_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{port_file.read_text()}/v1"
-        server = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1"], env=env, cwd=tmp)
-        while time.monotonic() < deadline + 60 and server.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("server did not become ready")
-        yield f"ws://127.0.0.1:{port}/ws"
+        env = {
+            "SHARED_SECRET": SECRET,
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{port_file.read_text()}/v1",
+            "OPENAI_MODEL": "fake",
+            "OPENAI_API_KEY": "sk-fake",
+            "LOG_LEVEL": "WARNING",
+            "DATA_DIR": str(tmp / "data"),
+            "INDEX_DIR": str(tmp / "data" / "index"),
+            **(extra_env or {}),
+        }
+        with app_process(tmp, env) as (port, _pid):
+            yield f"ws://127.0.0.1:{port}/ws"
     finally:
-        for proc in (server, model):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=30)
+        model.terminate()
+        model.wait(timeout=30)
 
 
 async def _conversation(url: str, seed: int, overheads: list[float]) -> None:

@@ -18,17 +18,14 @@ import base64
 import os
 import statistics
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 from app.testing.fake_elevenlabs import FakeConversation, FakeElevenLabs
 from app.testing.twilio_caller import TwilioCaller, ulaw_frames
+from tests.bench.server_process import app_process
 
 API_KEY = "bench-elevenlabs-key"
 ENGINE_ID = "seng_bench"
@@ -41,14 +38,6 @@ FRAME_S = 0.02
 TONE = ulaw_frames(0.02)[0]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cpu_seconds(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of a process (system time includes loopback TCP delivery)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -58,10 +47,7 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
 
 @contextmanager
 def bridge_server(tmp: Path, elevenlabs_url: str) -> Iterator[tuple[str, int]]:
-    port = _free_port()
     env = {
-        **os.environ,
-        "PORT": str(port),
         "PUBLIC_URL": PUBLIC_URL,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "ELEVENLABS_API_KEY": API_KEY,
@@ -70,25 +56,11 @@ def bridge_server(tmp: Path, elevenlabs_url: str) -> Iterator[tuple[str, int]]:
         "SHARED_SECRET": "bench-secret",
         "MAX_CONCURRENT_CALLS": "1000",
         "LOG_LEVEL": "WARNING",
-        "DATA_DIR": str(tmp / "data"),
-        "INDEX_DIR": str(tmp / "data" / "index"),
+        "DATA_DIR": str(Path("data").resolve()),  # the exported embedding model is shared, not redone
+        "INDEX_DIR": str(tmp / "index"),
     }
-    server = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1"], env=env, cwd=tmp)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("bridge server did not start")
-        yield f"http://127.0.0.1:{port}", server.pid
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with app_process(tmp, env, ready_path="/healthz") as (port, pid):
+        yield f"http://127.0.0.1:{port}", pid
 
 
 class Timings:
