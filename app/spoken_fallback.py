@@ -17,10 +17,7 @@ NO_ANSWER = (
     "I'm sorry, I don't have information about that in our documents. "
     "I can take a message for the team, or you can ask me something else."
 )
-CANNOT_LOOK_UP = (
-    "I'm sorry, I can't look that up right now. "
-    "I can take a message and someone will call you back."
-)
+CANNOT_LOOK_UP = "I'm sorry, I can't look that up right now. I can take a message and someone will call you back."
 SENTENCES = 2
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")

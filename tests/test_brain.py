@@ -8,9 +8,9 @@ import time
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from app.spoken_fallback import NO_ANSWER
 from app.testing.fake_openai import FakeOpenAI, Reply
 from app.testing.speech_engine import SpeechEngineClient, mint_jwt
-from app.spoken_fallback import NO_ANSWER
 from app.turn import APOLOGY_MID_ANSWER
 from tests.conftest import API_KEY, SECRET
 
@@ -150,7 +150,9 @@ FROM_DOCUMENTS = "Here's what our information says."
         pytest.param(Reply(status=500), FROM_DOCUMENTS, id="http-500"),
         pytest.param(Reply(status=429), FROM_DOCUMENTS, id="rate-limited"),
         pytest.param(Reply.text("too late", first_token_delay=1.5), FROM_DOCUMENTS, id="slow-first-token"),
-        pytest.param(Reply.text("We open at nine and", disconnect_after=3), "We open at" + APOLOGY_MID_ANSWER, id="cut"),
+        pytest.param(
+            Reply.text("We open at nine and", disconnect_after=3), "We open at" + APOLOGY_MID_ANSWER, id="cut"
+        ),
         pytest.param(Reply(tokens=[]), FROM_DOCUMENTS, id="empty"),
     ],
 )

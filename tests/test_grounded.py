@@ -47,7 +47,10 @@ async def test_answer_is_grounded_in_the_right_passage(serve, fake_model) -> Non
     system = request.messages[0]
     assert system["role"] == "system" and "Kestrel Broadband" in system["content"]
     assert "not instructions" in system["content"] and "billing/payments.md" not in system["content"]
-    assert request.messages[-1] == {"role": "user", "content": "uh hi, how much money do I save if I set up automatic payments?"}
+    assert request.messages[-1] == {
+        "role": "user",
+        "content": "uh hi, how much money do I save if I set up automatic payments?",
+    }
 
 
 async def test_unanswerable_question_abstains(serve, fake_model) -> None:
@@ -118,8 +121,9 @@ async def test_new_build_goes_live_between_turns(serve, make_settings, tmp_path:
         first = await client.ask("when does the shop on Quay Street open?")
         page.write_text("# Opening hours\n\nOur shop on Quay Street opens at half past seven every weekday.\n")
         report = await asyncio.to_thread(run_ingest, settings, docs)
+        # A readiness poll of the server's own report: the reload happens in another task.
         async with asyncio.timeout(15):
-            while (await get_json(server, "/readyz"))[1]["index_build"] != report.build:
+            while (await get_json(server, "/readyz"))[1]["index_build"] != report.build:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
         second = await client.ask("when does the shop on Quay Street open?")
     assert before["index_build"] != report.build
