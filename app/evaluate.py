@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ingest.pipeline import run_ingest
 
-from .knowledge_index import embedder_for
+from .knowledge_index import query_encoder_for
 from .retrieval import ABSTAIN_BELOW, Retrieval, Retriever
 from .settings import Settings, load_settings
 
@@ -140,7 +140,7 @@ def main() -> None:
         sys.exit(f"{args.docs} is not a folder of documents")
     questions = [Question.parse(line) for line in args.questions.read_text().splitlines() if line.strip()]
     settings = build_index(load_settings(), args.docs)
-    retriever = Retriever(settings, embedder_for(settings))
+    retriever = Retriever(settings, query_encoder_for(settings))
     retriever.load()
     if not retriever.ready:
         sys.exit(f"index not usable: {retriever.error}")

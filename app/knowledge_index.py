@@ -119,13 +119,12 @@ def _model_window(path: Path) -> int:
 class Embedder:
     """Normalised embeddings from the int8 ONNX export of the model; one instance serves all threads."""
 
-    def __init__(self, spec: ModelSpec, model: Any, export_dir: Path) -> None:
+    def __init__(self, spec: ModelSpec, model: Any) -> None:
         self.spec = spec
         self.model_id = spec.model_id
         self._model = model
         # The tokenizer under sentence-transformers is not safe to call from two threads at once.
         self._lock = threading.Lock()
-        self._query = QueryEncoder(export_dir, spec.window)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """One float32 row per text, unit length (cosine space)."""
@@ -135,16 +134,17 @@ class Embedder:
             )
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self._query.encode(text)
+        return self.embed([text])[0]
 
 
 class QueryEncoder:
-    """One short query at a time, on the same int8 model, without sentence-transformers' batching.
+    """The server's embedder: one short text at a time, on the same int8 export that ingest uses.
 
     A turn embeds one utterance: a single-threaded ONNX session and the Rust tokenizer do that in a
     few milliseconds, leave the other core to the event loop, and need no lock (both are safe to
-    call from several threads). Mean pooling and normalisation match the model's own modules, so
-    the vectors equal `Embedder.embed`'s (checked by the tests).
+    call from several threads). It needs neither sentence-transformers nor torch, so the server
+    starts quickly. Mean pooling and normalisation match the model's own modules, so the vectors
+    match `Embedder.embed`'s (checked by the tests).
     """
 
     def __init__(self, export_dir: Path, window: int) -> None:
@@ -187,12 +187,27 @@ def load_embedder(spec: ModelSpec, models_dir: Path) -> Embedder:
         if key not in _embedders:
             if not (export_dir / _INT8_FILE).is_file():
                 _export_int8(spec, export_dir)
-            _embedders[key] = Embedder(spec, _load_int8(export_dir), export_dir)
+            _embedders[key] = Embedder(spec, _load_int8(export_dir))
         return _embedders[key]
 
 
 def embedder_for(settings: Settings) -> Embedder:
     return load_embedder(resolve_model(settings.embedding_model), settings.data_dir / "models")
+
+
+_query_encoders: dict[Path, QueryEncoder] = {}
+
+
+def query_encoder_for(settings: Settings) -> QueryEncoder:
+    """The server's encoder, shared per process; the first use on a machine exports the model."""
+    spec = resolve_model(settings.embedding_model)
+    export_dir = spec.export_dir(settings.data_dir / "models")
+    with _embedders_lock:
+        if export_dir not in _query_encoders:
+            if not (export_dir / _INT8_FILE).is_file():
+                _export_int8(spec, export_dir)
+            _query_encoders[export_dir] = QueryEncoder(export_dir, spec.window)
+        return _query_encoders[export_dir]
 
 
 @contextmanager

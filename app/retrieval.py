@@ -17,7 +17,7 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from .knowledge_index import Embedder, LiveIndex, live_build_id, open_live_index
+from .knowledge_index import LiveIndex, QueryEncoder, live_build_id, open_live_index
 from .settings import Settings
 
 log = logging.getLogger("switchboard.retrieval")
@@ -132,9 +132,9 @@ class SearchableBuild:
 class Retriever:
     """The server's view of the knowledge: the current build, swapped atomically when a new one goes live."""
 
-    def __init__(self, settings: Settings, embedder: Embedder) -> None:
+    def __init__(self, settings: Settings, encoder: QueryEncoder) -> None:
         self.settings = settings
-        self.embedder = embedder
+        self.encoder = encoder
         self.build: SearchableBuild | None = None
         # The build swapped out last time: a turn may still be searching it, so it is closed one swap later.
         self._retired: SearchableBuild | None = None
@@ -180,7 +180,7 @@ class Retriever:
         build = self.build
         if build is None:
             raise LookupError(self.error or "no index")
-        embedding = self.embedder.embed_query(query)
+        embedding = self.encoder.encode(query)
         passages = tuple(build.search(embedding, query, k))
         best = max((p.similarity for p in passages), default=0.0)
         return Retrieval(passages, best < ABSTAIN_BELOW, build.build_id, time.perf_counter() - started)

@@ -10,7 +10,7 @@ from quart import current_app
 
 from .call_actions import CallActions
 from .call_registry import InProcessCallRegistry
-from .knowledge_index import embedder_for
+from .knowledge_index import query_encoder_for
 from .llm import LLM
 from .messages import MessageStore
 from .observability import Metrics
@@ -53,8 +53,8 @@ class Services:
             log.info("transfer_call is off: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, PUBLIC_URL, TRANSFER_TARGETS")
         self.llm = LLM(self.settings)
         # Loading the model and the index is blocking work: keep it off the event loop.
-        embedder = await asyncio.to_thread(embedder_for, self.settings)
-        self.retriever = Retriever(self.settings, embedder)
+        encoder = await asyncio.to_thread(query_encoder_for, self.settings)
+        self.retriever = Retriever(self.settings, encoder)
         await asyncio.to_thread(self.retriever.load)
         if not self.retriever.ready:
             log.warning("not ready: %s", self.retriever.error)

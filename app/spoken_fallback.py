@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from .knowledge_index import Embedder
+from .knowledge_index import QueryEncoder
 from .retrieval import Retrieval
 
 NO_ANSWER = (
@@ -39,7 +39,7 @@ def sentences(text: str) -> list[str]:
     return [part for part in parts if len(part.split()) >= 3]
 
 
-def extractive_answer(retrieval: Retrieval, question: str, embedder: Embedder) -> str:
+def extractive_answer(retrieval: Retrieval, question: str, encoder: QueryEncoder) -> str:
     """Blocking (embeds a handful of sentences): run it in a thread."""
     if retrieval.abstain or not retrieval.passages:
         return NO_ANSWER
@@ -48,8 +48,8 @@ def extractive_answer(retrieval: Retrieval, question: str, embedder: Embedder) -
     if not candidates:
         return NO_ANSWER
     if len(candidates) > SENTENCES:
-        vectors = embedder.embed([question, *candidates])
-        scores = vectors[1:] @ vectors[0]
+        asked = encoder.encode(question)
+        scores = np.array([encoder.encode(sentence) @ asked for sentence in candidates])
         keep = sorted(np.argsort(-scores)[:SENTENCES])  # in the passage's own order
         candidates = [candidates[i] for i in keep]
     chosen = " ".join(s if s.endswith((".", "!", "?")) else f"{s}." for s in candidates)

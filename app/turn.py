@@ -168,7 +168,7 @@ class TurnPipeline:
         record.retrieved(retrieval)
         if not self.llm.enabled:
             record.outcome, record.fallback = "documents_only", "no model"
-            yield await asyncio.to_thread(extractive_answer, retrieval, query, self.retriever.embedder)
+            yield await asyncio.to_thread(extractive_answer, retrieval, query, self.retriever.encoder)
             return
         async for text in self._model_answer(clean, retrieval, query, record, tools):
             yield text
@@ -214,7 +214,7 @@ class TurnPipeline:
                 elif spoke or round_no > 0:
                     yield APOLOGY_MID_ANSWER if spoke else APOLOGY_MID_ANSWER.lstrip()
                 else:
-                    yield await asyncio.to_thread(extractive_answer, retrieval, query, self.retriever.embedder)
+                    yield await asyncio.to_thread(extractive_answer, retrieval, query, self.retriever.encoder)
                 return
             if not calls:
                 break

@@ -147,3 +147,14 @@ async def test_missing_or_broken_index_says_so_and_is_not_ready(serve, make_sett
         status, ready = await get_json(server, "/readyz")
     assert answer.text == CANNOT_LOOK_UP and answer.finals == 1
     assert status == 503 and ready["ready"] is False and ready["reason"]
+
+
+def test_the_servers_query_encoder_matches_the_ingest_embedder(make_settings) -> None:
+    """Questions and passages must land in the same space, or retrieval silently degrades."""
+    from app.knowledge_index import embedder_for, query_encoder_for
+
+    settings = make_settings()
+    texts = ["how much is the autopay discount?", "Billing > Payments\nAutopay saves you five dollars a month."]
+    batch = embedder_for(settings).embed(texts)
+    for text, row in zip(texts, batch, strict=True):
+        assert float(query_encoder_for(settings).encode(text) @ row) > 0.99

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.knowledge_index import embedder_for
+from app.knowledge_index import query_encoder_for
 from app.retrieval import Retriever
 from app.settings import Settings
 from app.testing.speech_engine import SpeechEngineClient
@@ -124,7 +124,7 @@ def big_index() -> Path:
 def test_brain_overhead(tmp_path: Path) -> None:
     index_dir = big_index()
     settings = Settings(_env_file=None, data_dir=Path("data").resolve(), index_dir=index_dir)
-    retriever = Retriever(settings, embedder_for(settings))
+    retriever = Retriever(settings, query_encoder_for(settings))
     retriever.load()
     assert retriever.build is not None
     timings = [retriever.retrieve_sync(q).seconds for q in QUESTIONS * 20]
