@@ -20,8 +20,8 @@ conversation_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar
 event_id_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("event_id", default=None)
 
 _CONTEXT_FIELDS = ("conversation_id", "event_id")
-# Phone numbers and card-like digit runs never reach a log line in full.
-_DIGITS = re.compile(r"\+?\d[\d \-()]{6,}\d")
+# Phone numbers and card-like digit runs (ten digits or more) never reach a log line in full.
+_DIGITS = re.compile(r"\+?\d[\d \-()]{8,}\d")
 
 
 def mask_digits(text: str) -> str:
