@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
+
+import uvloop
 
 from ingest.pipeline import run_ingest
 
@@ -41,7 +42,8 @@ def main() -> None:
         log.info("no index yet: building one from %s (once)", settings.knowledge_dir)
         print(run_ingest(settings, progress=True).human(), file=sys.stderr)
     log.info("serving on port %s", settings.port)
-    asyncio.run(serve(create_app(settings), f"{args.host}:{settings.port}"))
+    # uvloop: the relay and the brain spend most of their CPU in the event loop and socket writes.
+    uvloop.run(serve(create_app(settings), f"{args.host}:{settings.port}"))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,8 @@ class LLM:
                 api_key=settings.secret("openai_api_key") or "not-needed",
                 base_url=settings.openai_base_url,
                 max_retries=0,
+                # aiohttp under the SDK: half httpx's per-request cost, which is on every turn's first token.
+                http_client=openai.DefaultAioHttpClient(),
                 timeout=openai.Timeout(connect=5.0, read=self.idle_timeout, write=10.0, pool=5.0),
             )
 

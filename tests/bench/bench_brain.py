@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import uvloop
+
 from app.knowledge_index import query_encoder_for
 from app.retrieval import Retriever
 from app.settings import Settings
@@ -26,7 +28,7 @@ from ingest.pipeline import run_ingest
 from tests.bench.server_process import app_process
 
 MODEL_DELAY_S = 0.2
-TURNS_PER_CONVERSATION = 6
+TURNS_PER_CONVERSATION = 10
 SECRET = "bench-secret"
 EVAL = Path(__file__).resolve().parents[3] / "shared" / "eval"
 QUESTIONS = [
@@ -131,7 +133,7 @@ def test_brain_overhead(tmp_path: Path) -> None:
     print(f"\nretrieval alone over {len(retriever.build.chunks)} passages: {_percentiles(timings)}")
     retriever.close()
     with brain_server(tmp_path, {"INDEX_DIR": str(index_dir), "DATA_DIR": str(settings.data_dir)}) as url:
-        asyncio.run(run_load(url, 2))  # warm-up: imports, first connections
+        uvloop.run(run_load(url, 2))  # warm-up: imports, first connections
         for n in (1, 20, 50):
-            overheads = asyncio.run(run_load(url, n))
+            overheads = uvloop.run(run_load(url, n))  # the caller side adds as little as it can
             print(f"brain overhead, {n:>2} conversations: {_percentiles(overheads)}")
