@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     chroma_port: int = Field(8000, ge=1, le=65535)
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     ingest_max_file_mb: float = Field(20.0, gt=0)
+    ingest_parse_timeout_s: float = Field(120.0, gt=0)
 
     # Persona and tools
     company_name: str = "Kestrel Broadband"

@@ -190,7 +190,9 @@ class _Ingest:
     def _prepare(self, sources: list[str]) -> Iterator[Prepared]:
         files = [(self.scan.files[s].path, s) for s in sources]
         with _progress(self.progress, len(files), "reading", "file") as bar:
-            for prepared in prepare_all(files, self.spec.tokenizer_file, self.spec.window):
+            for prepared in prepare_all(
+                files, self.spec.tokenizer_file, self.spec.window, self.settings.ingest_parse_timeout_s
+            ):
                 bar.update(1)
                 yield prepared
 

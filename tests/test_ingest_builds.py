@@ -4,6 +4,7 @@ Chroma server (`chroma run`; .ci/run starts one and exports CHROMA_TEST_HOST/CHR
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -13,10 +14,12 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import docx
 import pytest
 from fpdf import FPDF
 
@@ -228,6 +231,34 @@ def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_ingested(make_setting
     with pytest.raises(StrictRefused) as refused:
         run_ingest(settings, strict=True)
     assert len(refused.value.report.skipped) == 9 and builds(settings)[0] == report.build
+
+
+def _decompression_bomb_docx(paragraphs: int) -> bytes:
+    """A valid .docx of a few tens of KB whose XML inflates to hundreds of thousands of paragraphs."""
+    buffer = io.BytesIO()
+    docx.Document().save(buffer)
+    source, out = zipfile.ZipFile(io.BytesIO(buffer.getvalue())), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as bomb:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "word/document.xml":
+                head, tail = data.split(b"<w:body>", 1)
+                body = b"<w:p><w:r><w:t>The router resets itself at night.</w:t></w:r></w:p>" * paragraphs
+                data = head + b"<w:body>" + body + tail
+            bomb.writestr(item, data)
+    return out.getvalue()
+
+
+def test_a_file_that_hangs_its_parser_is_skipped_and_the_rest_ingested(make_settings: MakeSettings, kb: Path) -> None:
+    (kb / "manual.docx").write_bytes(_decompression_bomb_docx(300_000))  # minutes of parsing
+    settings = make_settings(ingest_parse_timeout_s=1)
+    report = run_ingest(settings)
+    assert [(s.path, s.reason) for s in report.skipped] == [
+        ("manual.docx", "took longer than 1 s to parse (INGEST_PARSE_TIMEOUT_S)")
+    ]
+    assert {c.source for c in live_chunks(settings)} == {"plans.md", "support/hours.txt", "support/contact.html"}
+    again = run_ingest(settings)  # remembered by content: not parsed (and waited for) again
+    assert again.noop and [s.path for s in again.skipped] == ["manual.docx"]
 
 
 def test_strict_refuses_before_writing_a_build(make_settings: MakeSettings, kb: Path) -> None:
