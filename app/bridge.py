@@ -10,7 +10,7 @@ One TaskGroup per call (Twilio leg, ElevenLabs leg, marks, supervisor): whicheve
 ended, which is what the Connect action reads to decide between hanging up and apologising.
 
 The route is served on bare ASGI in front of Quart (`MediaStreamRoute`): each call passes 50 frames a
-second each way, and Quart's per-message queue hop and signals cost about 0.2 % of a core per call.
+second each way, and Quart's per-message queue hop and signals cost about 0.1 % of a core per call.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class CallEnded(Exception):
 
 
 class TwilioGone(Exception):
-    """Twilio's socket closed (or was never opened)."""
+    """Twilio's socket closed."""
 
 
 class TwilioSocket:
@@ -65,17 +65,17 @@ class TwilioSocket:
         self.headers = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]])
         self.closed = False
 
+    async def connected(self) -> bool:
+        """The upgrade request arrived (ASGI's first message); False if the client left first."""
+        return (await self._receive())["type"] == "websocket.connect"
+
     async def refuse(self) -> None:
         """403 instead of the upgrade (ASGI's WebSocket denial response, which Hypercorn supports)."""
-        if await self._receive() != {"type": "websocket.connect"}:
-            return
         await self._send({"type": "websocket.http.response.start", "status": 403, "headers": [
             (b"content-type", b"text/plain; charset=utf-8")]})  # fmt: skip
         await self._send({"type": "websocket.http.response.body", "body": b"forbidden\n"})
 
     async def accept(self) -> None:
-        if (await self._receive())["type"] != "websocket.connect":
-            raise TwilioGone
         await self._send({"type": "websocket.accept"})
 
     async def receive(self) -> str | bytes:
@@ -124,15 +124,14 @@ class MediaStreamRoute:
 
 
 async def media_stream(telephony: Telephony, twilio: TwilioSocket) -> None:
+    if not await twilio.connected():
+        return
     if not upgrade_is_signed(telephony, twilio):
         telephony.metrics.twilio_rejected.labels("stream_signature").inc()
         log.warning("media stream refused: bad or missing X-Twilio-Signature")
         await twilio.refuse()
         return
-    try:
-        await twilio.accept()
-    except TwilioGone:
-        return
+    await twilio.accept()
     await Relay(telephony, twilio).run()
 
 
@@ -176,14 +175,12 @@ class Relay:
         assert call is not None
         self.telephony.metrics.calls_active.inc()
         started = time.monotonic()
+        # Kept if the relay is cancelled: the server is stopping and gave up waiting for this call.
         reason = EndReason.TWILIO_DROPPED
-        cancelled = True
         try:
             reason = await self._relay(call)
-            cancelled = False
         finally:
-            # Cancelled means Quart saw Twilio's socket go away without a stop.
-            await self._finish(call, reason, time.monotonic() - started, cancelled)
+            await self._finish(call, reason, time.monotonic() - started)
 
     async def _relay(self, call: CallControl) -> EndReason:
         reason = EndReason.INTERNAL_ERROR
@@ -200,14 +197,13 @@ class Relay:
             reason = EndReason.INTERNAL_ERROR
         return reason
 
-    async def _finish(self, call: CallControl, reason: EndReason, seconds: float, cancelled: bool) -> None:
+    async def _finish(self, call: CallControl, reason: EndReason, seconds: float) -> None:
         telephony = self.telephony
         telephony.outcomes.record(call.call_sid, reason)
         telephony.slots.release(call.call_sid)
         self._count(reason, seconds)
         await self._close_upstream()
-        if not cancelled:
-            await self._close_twilio(NORMAL_CLOSURE)
+        await self._close_twilio(NORMAL_CLOSURE)  # nothing to do if Twilio has already gone
         call.finish(reason)
         self._log_response_end()
         log.log(
@@ -420,8 +416,8 @@ class Relay:
                     signed = await client.conversational_ai.conversations.get_signed_url(
                         agent_id=settings.speech_engine_id, request_options={"max_retries": 1}
                     )
-                    assert self.telephony.upstream_sessions is not None
-                    self.upstream = await self.telephony.upstream_sessions.ws_connect(
+                    assert self.telephony.upstream_client is not None
+                    self.upstream = await self.telephony.upstream_client.ws_connect(
                         signed.signed_url,
                         compress=0,
                         max_msg_size=el.MAX_FRAME_CHARS,

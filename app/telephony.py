@@ -123,7 +123,7 @@ class Telephony:
         self._http: httpx.AsyncClient | None = None
         # Conversation sockets to ElevenLabs: aiohttp's WebSocket client costs about half as much CPU
         # per frame as the alternatives, and every call sends and receives 50 frames a second.
-        self.upstream_sessions: aiohttp.ClientSession | None = None
+        self.upstream_client: aiohttp.ClientSession | None = None
 
     @property
     def bridge_configured(self) -> bool:
@@ -131,7 +131,7 @@ class Telephony:
 
     async def start(self) -> None:
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False)
-        self.upstream_sessions = aiohttp.ClientSession()
+        self.upstream_client = aiohttp.ClientSession()
         kwargs = {"base_url": self.settings.elevenlabs_base_url} if self.settings.elevenlabs_base_url else {}
         self.elevenlabs = AsyncElevenLabs(
             api_key=self.settings.secret("elevenlabs_api_key"), httpx_client=self._http, **kwargs
@@ -144,5 +144,5 @@ class Telephony:
     async def stop(self) -> None:
         if self._http is not None:
             await self._http.aclose()
-        if self.upstream_sessions is not None:
-            await self.upstream_sessions.close()
+        if self.upstream_client is not None:
+            await self.upstream_client.close()
