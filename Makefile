@@ -55,4 +55,4 @@ call: install
 
 # Retrieval quality on a question set: make eval DOCS=<dir> QUESTIONS=<file.jsonl>
 eval: install
-	$(PY) -m app.evaluate --docs "$(DOCS)" --questions "$(QUESTIONS)" $(ARGS)
+	$(PY) -m app.knowledge.evaluate --docs "$(DOCS)" --questions "$(QUESTIONS)" $(ARGS)

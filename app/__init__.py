@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from quart import Quart
 
-from .settings import Settings
+from app.settings import Settings
 
 
 def create_app(settings: Settings) -> Quart:
-    from .brain import brain
-    from .bridge import MediaStreamRoute
-    from .health import health
-    from .services import Services
-    from .twilio_webhook import twilio_webhook
+    from app.brain.route import brain
+    from app.health import health
+    from app.services import Services
+    from app.telephony.bridge import MediaStreamRoute
+    from app.telephony.webhook import twilio_webhook
 
     app = Quart(__name__)
     # Twilio webhooks are small forms; anything bigger is refused before it is read.

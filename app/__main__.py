@@ -8,14 +8,13 @@ import sys
 
 import uvloop
 
+from app import create_app
+from app.knowledge.index import live_build_id
+from app.observability import configure_logging
+from app.records.messages import list_messages
+from app.server import serve
+from app.settings import ensure_env_file, load_settings
 from ingest.pipeline import run_ingest
-
-from . import create_app
-from .knowledge_index import live_build_id
-from .messages import list_messages
-from .observability import configure_logging
-from .server import serve
-from .settings import ensure_env_file, load_settings
 
 log = logging.getLogger("switchboard")
 

@@ -21,11 +21,11 @@ from typing import Any
 from elevenlabs import AsrConversationalConfig, SpeechEngineConfig, TtsConversationalConfigInput
 from elevenlabs.client import ElevenLabs
 
-from .elevenlabs_frames import PHONE_FORMAT
-from .settings import Settings, load_settings
-from .twilio_auth import public_url, stream_url
-from .twilio_rest import rest_client
-from .twilio_webhook import ACTION_PATH, INCOMING_PATH
+from app.settings import Settings, load_settings
+from app.telephony.elevenlabs_frames import PHONE_FORMAT
+from app.telephony.signatures import public_url, stream_url
+from app.telephony.twilio_rest import rest_client
+from app.telephony.webhook import ACTION_PATH, INCOMING_PATH
 
 BRAIN_PATH = "/ws"
 VOICE_MODEL = "eleven_flash_v2"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint
 
-from .services import services
+from app.services import services
 
 health = Blueprint("health", __name__)
 

@@ -8,18 +8,18 @@ import logging
 
 from quart import current_app
 
-from .call_actions import CallActions
-from .call_registry import InProcessCallRegistry
-from .knowledge_index import query_encoder_for
-from .llm import LLM
-from .messages import MessageStore
-from .observability import Metrics
-from .prompt import Prompt
-from .retrieval import Retriever
-from .settings import Settings
-from .telephony import Telephony
-from .tools import Toolbox
-from .turn import TurnPipeline
+from app.brain.llm import LLM
+from app.brain.prompt import Prompt
+from app.brain.tools import Toolbox
+from app.brain.turn import TurnPipeline
+from app.calls.registry import InProcessCallRegistry
+from app.knowledge.index import query_encoder_for
+from app.knowledge.retrieval import Retriever
+from app.observability import Metrics
+from app.records.messages import MessageStore
+from app.settings import Settings
+from app.telephony.call_actions import CallActions
+from app.telephony.state import Telephony
 
 log = logging.getLogger("switchboard")
 

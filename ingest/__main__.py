@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from app.knowledge_index import ModelNotFound
+from app.knowledge.index import ModelNotFound
 from app.settings import load_settings
 from ingest.errors import IngestError
 from ingest.pipeline import DEFAULT_WAIT_SECONDS, StrictRefused, rollback, run_ingest

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.knowledge_index import (
+from app.knowledge.index import (
     CHUNKER_VERSION,
     BuildStore,
     ChunkRecord,

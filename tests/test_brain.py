@@ -8,10 +8,10 @@ import time
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from app.spoken_fallback import NO_ANSWER
+from app.brain.spoken_fallback import NO_ANSWER
+from app.brain.turn import APOLOGY_MID_ANSWER
 from app.testing.fake_openai import FakeOpenAI, Reply
 from app.testing.speech_engine import SpeechEngineClient, mint_jwt
-from app.turn import APOLOGY_MID_ANSWER
 from tests.conftest import API_KEY, SECRET
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from app.call_control import CallControl, EndReason
-from app.telephony import BridgeLimits, Telephony
+from app.calls.control import CallControl, EndReason
+from app.telephony.state import BridgeLimits, Telephony
 from app.testing.fake_elevenlabs import FakeElevenLabs
 from app.testing.live_server import LiveServer
 from app.testing.twilio_caller import TwilioCaller, ulaw_frames

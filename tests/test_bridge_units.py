@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from app import call_token
-from app import elevenlabs_frames as el
-from app.call_control import CallControl, EndReason
-from app.telephony import CallSlots, StreamOutcomes
+from app.calls.control import CallControl, EndReason
+from app.telephony import call_token
+from app.telephony import elevenlabs_frames as el
+from app.telephony.state import CallSlots, StreamOutcomes
 
 # --- the ElevenLabs codec ---------------------------------------------------------------------------
 

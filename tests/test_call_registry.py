@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from app.call_control import CallControl, EndReason
-from app.call_registry import CALL_LIMITS, MESSAGE_TOOL, TRANSFER_TOOL, ActionTimings, InProcessCallRegistry, Line
+from app.calls.control import CallControl, EndReason
+from app.calls.registry import CALL_LIMITS, MESSAGE_TOOL, TRANSFER_TOOL, ActionTimings, InProcessCallRegistry, Line
 
 FAST = ActionTimings(
     turn_timeout=5, line_start_timeout=5, settle=0.01, heard_timeout=5, audio_poll=0.005, close_timeout=5

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.prompt import REFERENCE_CLOSE, REFERENCE_OPEN
-from app.spoken_fallback import CANNOT_LOOK_UP, NO_ANSWER
+from app.brain.prompt import REFERENCE_CLOSE, REFERENCE_OPEN
+from app.brain.spoken_fallback import CANNOT_LOOK_UP, NO_ANSWER
 from app.testing.fake_openai import FakeOpenAI, Reply
 from app.testing.speech_engine import SpeechEngineClient
 from ingest.pipeline import run_ingest
@@ -151,7 +151,7 @@ async def test_missing_or_broken_index_says_so_and_is_not_ready(serve, make_sett
 
 def test_the_servers_query_encoder_matches_the_ingest_embedder(make_settings) -> None:
     """Questions and passages must land in the same space, or retrieval silently degrades."""
-    from app.knowledge_index import embedder_for, query_encoder_for
+    from app.knowledge.index import embedder_for, query_encoder_for
 
     settings = make_settings()
     texts = ["how much is the autopay discount?", "Billing > Payments\nAutopay saves you five dollars a month."]

@@ -23,7 +23,7 @@ import docx
 import pytest
 from fpdf import FPDF
 
-from app.knowledge_index import ChunkRecord, embedder_for, open_live_index, open_store
+from app.knowledge.index import ChunkRecord, embedder_for, open_live_index, open_store
 from app.settings import Settings
 from ingest.errors import IngestBusy, NoPreviousBuild, NothingToIndex, SourceMissing
 from ingest.lock import LOCK_FILE, ingest_lock

@@ -12,7 +12,7 @@ import docx
 import pytest
 from fpdf import FPDF
 
-from app.knowledge_index import embedded_text, resolve_model
+from app.knowledge.index import embedded_text, resolve_model
 from ingest.chunker import Chunker, Passage
 from ingest.document import Section, Unreadable
 from ingest.loaders import load_document

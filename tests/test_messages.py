@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.__main__ import main
-from app.messages import MessageStore, clean_text, list_messages, normalise_number, parse_since
+from app.records.messages import MessageStore, clean_text, list_messages, normalise_number, parse_since
 
 SID = "CA" + "a" * 32
 

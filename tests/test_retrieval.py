@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.retrieval import _tokenize, query_terms
+from app.knowledge.retrieval import _tokenize, query_terms
 
 QUERIES = [
     "What time does the shop open on Saturdays?",

@@ -1,4 +1,4 @@
-"""Table-driven tests for app.sanitise: every caller turn passes through it, so hostile input lives here."""
+"""Table-driven tests for app.brain.sanitise: every caller turn passes through it, so hostile input lives here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.sanitise import (
+from app.brain.sanitise import (
     CALLER_QUOTE_PREFIX,
     HOSTILE_FLAGS,
     Message,

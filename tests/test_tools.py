@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from app.call_actions import CallActions, after_dial_twiml, transfer_twiml
-from app.call_control import EndReason
-from app.call_registry import END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL, InProcessCallRegistry
-from app.llm import MAX_TOOL_ARGUMENT_CHARS, MAX_TOOL_CALLS, ToolCall, _ToolCallParts
-from app.messages import MessageStore
+from app.brain.llm import MAX_TOOL_ARGUMENT_CHARS, MAX_TOOL_CALLS, ToolCall, _ToolCallParts
+from app.brain.prompt import TOOL_RULES, Prompt
+from app.brain.tools import CallTools, Toolbox
+from app.calls.control import EndReason
+from app.calls.registry import END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL, InProcessCallRegistry
 from app.observability import Metrics
-from app.prompt import TOOL_RULES, Prompt
+from app.records.messages import MessageStore
 from app.settings import Settings
-from app.tools import CallTools, Toolbox
+from app.telephony.call_actions import CallActions, after_dial_twiml, transfer_twiml
 from tests.test_call_registry import FAST, SID, Stream
 
 TARGETS = {"sales": "+15551230001", "support": "+15551230002"}

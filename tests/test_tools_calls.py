@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from app.call_control import CallControl, EndReason
-from app.call_registry import ActionTimings
+from app.brain.prompt import REFERENCE_OPEN
+from app.calls.control import CallControl, EndReason
+from app.calls.registry import ActionTimings
 from app.configure import CALL_SID_HEADER
-from app.messages import MessageStore
-from app.prompt import REFERENCE_OPEN
-from app.telephony import BridgeLimits
+from app.records.messages import MessageStore
+from app.telephony.state import BridgeLimits
 from app.testing.fake_elevenlabs import FakeConversation, FakeElevenLabs
 from app.testing.fake_openai import FakeOpenAI, Reply
 from app.testing.fake_twilio_api import FakeTwilioApi

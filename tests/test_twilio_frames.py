@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app import twilio_frames as tf
+from app.telephony import twilio_frames as tf
 
 SID = "MZ" + "0" * 32
 

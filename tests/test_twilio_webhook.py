@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from twilio.request_validator import HMAC_SHA256, RequestValidator
 
-from app import call_token
-from app.call_control import EndReason
+from app.calls.control import EndReason
 from app.settings import Settings
+from app.telephony import call_token
+from app.telephony.signatures import valid_signature
+from app.telephony.webhook import busy_twiml, connect_twiml, ended_twiml
 from app.testing.twilio_caller import TwilioCaller, Webhook
-from app.twilio_auth import valid_signature
-from app.twilio_webhook import busy_twiml, connect_twiml, ended_twiml
 from tests.conftest import PUBLIC_URL, TWILIO_TOKEN
 
 

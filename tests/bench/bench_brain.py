@@ -20,8 +20,8 @@ from pathlib import Path
 
 import uvloop
 
-from app.knowledge_index import query_encoder_for
-from app.retrieval import Retriever
+from app.knowledge.index import query_encoder_for
+from app.knowledge.retrieval import Retriever
 from app.settings import Settings
 from app.testing.speech_engine import SpeechEngineClient
 from ingest.pipeline import run_ingest

@@ -18,7 +18,7 @@ from twilio.request_validator import (
     get_signature_algorithm,
 )
 
-from .settings import Settings
+from app.settings import Settings
 
 
 def webhook_configured(settings: Settings) -> bool:

@@ -18,17 +18,17 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .llm import LLM, LLMError, ToolCall
-from .observability import Metrics
-from .prompt import Prompt
-from .query import retrieval_query
-from .retrieval import Retrieval, Retriever
-from .sanitise import HOSTILE_FLAGS, SanitisedTranscript, sanitise_transcript
-from .settings import Settings
-from .spoken_fallback import CANNOT_LOOK_UP, extractive_answer
+from app.brain.llm import LLM, LLMError, ToolCall
+from app.brain.prompt import Prompt
+from app.brain.query import retrieval_query
+from app.brain.sanitise import HOSTILE_FLAGS, SanitisedTranscript, sanitise_transcript
+from app.brain.spoken_fallback import CANNOT_LOOK_UP, extractive_answer
+from app.knowledge.retrieval import Retrieval, Retriever
+from app.observability import Metrics
+from app.settings import Settings
 
 if TYPE_CHECKING:
-    from .tools import CallTools
+    from app.brain.tools import CallTools
 
 log = logging.getLogger("switchboard.turn")
 

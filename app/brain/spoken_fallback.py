@@ -10,8 +10,8 @@ import re
 
 import numpy as np
 
-from .knowledge_index import QueryEncoder
-from .retrieval import Retrieval
+from app.knowledge.index import QueryEncoder
+from app.knowledge.retrieval import Retrieval
 
 NO_ANSWER = (
     "I'm sorry, I don't have information about that in our documents. "

@@ -15,10 +15,10 @@ from urllib.parse import urlencode
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.twiml.voice_response import VoiceResponse
 
-from .observability import Metrics, mask_digits
-from .settings import Settings
-from .twilio_auth import public_url
-from .twilio_rest import REST_TIMEOUT_S, rest_client
+from app.observability import Metrics, mask_digits
+from app.settings import Settings
+from app.telephony.signatures import public_url
+from app.telephony.twilio_rest import REST_TIMEOUT_S, rest_client
 
 log = logging.getLogger("switchboard.call_actions")
 

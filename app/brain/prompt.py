@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .call_registry import END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL
-from .retrieval import Passage, Retrieval
-from .sanitise import SanitisedTranscript, neutralise_markup
-from .settings import Settings
+from app.brain.sanitise import SanitisedTranscript, neutralise_markup
+from app.calls.registry import END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL
+from app.knowledge.retrieval import Passage, Retrieval
+from app.settings import Settings
 
 REFERENCE_OPEN = "<reference>"
 REFERENCE_CLOSE = "</reference>"

@@ -14,14 +14,14 @@ import time
 from quart import Blueprint, Response, request
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from . import call_token
-from .bridge import STREAM_PATH
-from .call_actions import DIAL_ACTION_PATH, after_dial_twiml
-from .call_control import EndReason
-from .observability import mask_digits
-from .services import services
-from .settings import Settings
-from .twilio_auth import public_url, raw_path, stream_url, valid_signature
+from app.calls.control import EndReason
+from app.observability import mask_digits
+from app.services import services
+from app.settings import Settings
+from app.telephony import call_token
+from app.telephony.bridge import STREAM_PATH
+from app.telephony.call_actions import DIAL_ACTION_PATH, after_dial_twiml
+from app.telephony.signatures import public_url, raw_path, stream_url, valid_signature
 
 log = logging.getLogger("switchboard.twilio")
 twilio_webhook = Blueprint("twilio_webhook", __name__)

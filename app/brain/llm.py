@@ -19,7 +19,7 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI, AsyncStream
 
-from .settings import Settings
+from app.settings import Settings
 
 MAX_TOOL_CALLS = 4  # per model round; more are dropped
 MAX_TOOL_ARGUMENT_CHARS = 4000

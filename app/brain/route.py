@@ -22,11 +22,11 @@ from elevenlabs.speech_engine.session import SpeechEngineSession
 from elevenlabs.speech_engine.types import ConversationMessage
 from quart import Blueprint, websocket
 
-from .configure import CALL_SID_HEADER
-from .observability import conversation_id_var, event_id_var
-from .services import Services, services
-from .settings import Settings
-from .turn import TurnRecord
+from app.brain.turn import TurnRecord
+from app.configure import CALL_SID_HEADER
+from app.observability import conversation_id_var, event_id_var
+from app.services import Services, services
+from app.settings import Settings
 
 log = logging.getLogger("switchboard.brain")
 brain = Blueprint("brain", __name__)

@@ -20,8 +20,8 @@ import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
 from threadpoolctl import threadpool_limits
 
-from .knowledge_index import LiveIndex, QueryEncoder, live_build_id, open_live_index
-from .settings import Settings
+from app.knowledge.index import LiveIndex, QueryEncoder, live_build_id, open_live_index
+from app.settings import Settings
 
 log = logging.getLogger("switchboard.retrieval")
 

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .call_control import CallControl, EndReason
+from app.calls.control import CallControl, EndReason
 
 log = logging.getLogger("switchboard.calls")
 
@@ -265,7 +265,7 @@ class InProcessCallRegistry:
             await live._stop()
 
     def dtmf(self, call: CallControl, digit: str) -> None:
-        """Keys are the tools' business (see `tools.Keypad`)."""
+        """Keys are the tools' business (see `Toolbox.dtmf` in `app.brain.tools`)."""
 
 
 def _key(call_sid: str | None, conversation_id: str | None) -> str | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from .twilio_frames import is_base64
+from app.telephony.twilio_frames import is_base64
 
 PHONE_FORMAT = "ulaw_8000"
 # Agent audio arrives in chunks of a fraction of a second; a megabyte is far beyond any real one.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .sanitise import SanitisedTranscript
+from app.brain.sanitise import SanitisedTranscript
 
 _WORD = re.compile(r"[a-z0-9']+")
 _FOLLOW_UP_START = re.compile(

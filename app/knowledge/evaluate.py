@@ -18,11 +18,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.knowledge.index import query_encoder_for
+from app.knowledge.retrieval import ABSTAIN_BELOW, Retrieval, Retriever
+from app.settings import Settings, load_settings
 from ingest.pipeline import run_ingest
-
-from .knowledge_index import query_encoder_for
-from .retrieval import ABSTAIN_BELOW, Retrieval, Retriever
-from .settings import Settings, load_settings
 
 RANKS = 30  # passages fetched per question: enough for five distinct documents
 
@@ -123,7 +122,7 @@ def sweep(retriever: Retriever, questions: list[Question]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m app.knowledge.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=Path, required=True, help="folder of documents to index")
     parser.add_argument("--questions", type=Path, required=True, help="JSONL question set")
     parser.add_argument("--threshold", type=float, default=ABSTAIN_BELOW, help="abstain below this similarity")

@@ -23,13 +23,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .call_actions import CallActions
-from .call_control import CallControl, EndReason
-from .call_registry import CALL_LIMITS, END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL, CallRegistry, Line, LiveCall
-from .llm import ToolCall
-from .messages import MAX_MESSAGE_CHARS, MAX_NAME_CHARS, MessageStore, clean_text, normalise_number
-from .observability import Metrics, mask_digits
-from .settings import Settings
+from app.brain.llm import ToolCall
+from app.calls.control import CallControl, EndReason
+from app.calls.registry import CALL_LIMITS, END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL, CallRegistry, Line, LiveCall
+from app.observability import Metrics, mask_digits
+from app.records.messages import MAX_MESSAGE_CHARS, MAX_NAME_CHARS, MessageStore, clean_text, normalise_number
+from app.settings import Settings
+from app.telephony.call_actions import CallActions
 
 log = logging.getLogger("switchboard.tools")
 

@@ -9,7 +9,7 @@ from twilio.http import HttpClient
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from .settings import Settings
+from app.settings import Settings
 
 REST_TIMEOUT_S = 10.0
 

@@ -19,10 +19,10 @@ import aiohttp
 import httpx
 from elevenlabs.client import AsyncElevenLabs
 
-from .call_control import CallObserver, EndReason
-from .call_token import TTL_S
-from .observability import Metrics
-from .settings import Settings
+from app.calls.control import CallObserver, EndReason
+from app.observability import Metrics
+from app.settings import Settings
+from app.telephony.call_token import TTL_S
 
 log = logging.getLogger("switchboard.telephony")
 

@@ -26,13 +26,13 @@ from aiohttp import WSMsgType
 from quart import Quart
 from werkzeug.datastructures import Headers
 
-from . import call_token, twilio_frames
-from . import elevenlabs_frames as el
-from .call_control import CallControl, EndReason
-from .observability import mask_digits
-from .telephony import Telephony
-from .twilio_auth import public_url, raw_path, stream_url, valid_signature
-from .twilio_frames import Dtmf, Mark, Media, Start, Stop
+from app.calls.control import CallControl, EndReason
+from app.observability import mask_digits
+from app.telephony import call_token, twilio_frames
+from app.telephony import elevenlabs_frames as el
+from app.telephony.signatures import public_url, raw_path, stream_url, valid_signature
+from app.telephony.state import Telephony
+from app.telephony.twilio_frames import Dtmf, Mark, Media, Start, Stop
 
 log = logging.getLogger("switchboard.bridge")
 

@@ -1,0 +1,1 @@
+"""What calls leave behind: messages callers left."""
