@@ -8,6 +8,7 @@ from app.settings import Settings
 
 
 def create_app(settings: Settings) -> Quart:
+    from app.admin.routes import admin
     from app.brain.route import brain
     from app.health import health
     from app.services import Services
@@ -22,6 +23,7 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(health)
     app.register_blueprint(brain)
     app.register_blueprint(twilio_webhook)
+    app.register_blueprint(admin)
     # Served on bare ASGI in front of Quart: the one route that carries a frame every 20 ms per call.
     app.asgi_app = MediaStreamRoute(app, services.telephony)  # type: ignore[method-assign]
 

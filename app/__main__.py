@@ -1,8 +1,9 @@
-"""`python -m app`: serve Switchboard with Hypercorn on PORT; `python -m app messages`: list messages."""
+"""`python -m app`: serve Switchboard with Hypercorn on PORT; `calls`, `gaps`, `messages`: read the records."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
@@ -11,7 +12,8 @@ import uvloop
 from app import create_app
 from app.knowledge.index import live_build_id
 from app.observability import configure_logging
-from app.records.messages import list_messages
+from app.records import cli
+from app.records.messages import parse_since
 from app.server import serve
 from app.settings import ensure_env_file, load_settings
 from ingest.pipeline import run_ingest
@@ -19,28 +21,66 @@ from ingest.pipeline import run_ingest
 log = logging.getLogger("switchboard")
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description="Switchboard: an AI phone agent server.")
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all)")
     commands = parser.add_subparsers(dest="command", title="commands (default: serve)")
     commands.add_parser("serve", help="serve on PORT (the default)")
-    listing = commands.add_parser("messages", help="list the messages callers left, oldest first")
+    calls = commands.add_parser("calls", help="recorded calls, newest first; `calls show CALL_SID` for one call")
+    calls.add_argument("show", nargs="*", metavar="show CALL_SID", help="one call's turns, sources and timings")
+    calls.add_argument("--since", help="a date (2024-05-01) or a duration (12h, 7d)")
+    calls.add_argument(
+        "--limit", type=int, default=cli.LIST_LIMIT, help=f"at most this many (default {cli.LIST_LIMIT})"
+    )
+    calls.add_argument("--json", action="store_true", help="one JSON document, for machines")
+    gaps = commands.add_parser("gaps", help="questions the documents could not answer, most asked first")
+    gaps.add_argument("--handled", action="store_true", help="the gaps marked handled instead of the open ones")
+    gaps.add_argument("--json", action="store_true", help="one JSON document, for machines")
+    listing = commands.add_parser("messages", help="the messages callers left, oldest first")
     listing.add_argument("--since", help="a date (2024-05-01) or a duration (12h, 7d)")
     listing.add_argument("--json", action="store_true", help="one JSON array, for machines")
-    args = parser.parse_args()
-    if args.command == "messages":
-        sys.exit(list_messages(load_settings().data_dir, args.since, args.json, sys.stdout))
+    return parser
 
-    wrote_env = ensure_env_file()
+
+def _read(command: str, args: argparse.Namespace) -> int:
+    settings = load_settings()
+    out = sys.stdout
+    try:
+        since = parse_since(args.since) if getattr(args, "since", None) else None
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if command == "calls":
+        if not args.show:
+            return asyncio.run(cli.calls(settings, since, args.json, args.limit, out))
+        if len(args.show) != 2 or args.show[0] != "show":
+            print("usage: python -m app calls show CALL_SID [--json]", file=sys.stderr)
+            return 2
+        return asyncio.run(cli.call(settings, args.show[1], args.json, out))
+    if command == "gaps":
+        return asyncio.run(cli.gaps(settings, args.json, args.handled, out))
+    return asyncio.run(cli.messages(settings, since, args.json, out))
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.command in ("calls", "gaps", "messages"):
+        sys.exit(_read(args.command, args))
+
+    generated = ensure_env_file()
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    if wrote_env:
-        log.info("wrote .env from .env.example with a fresh SHARED_SECRET")
+    if generated:
+        log.info("wrote %s into .env", " and ".join(generated))
     if live_build_id(settings) is None and settings.knowledge_dir.is_dir():
         # First run: build the index from the sample (or your) documents so the agent can answer.
         log.info("no index yet: building one from %s (once)", settings.knowledge_dir)
         print(run_ingest(settings, progress=True).human(), file=sys.stderr)
     log.info("serving on port %s", settings.port)
+    if settings.admin_password is not None:
+        log.info("review page: http://localhost:%s/admin (user admin, password ADMIN_PASSWORD in .env)", settings.port)
+    else:
+        log.info("review page /admin is off: set ADMIN_PASSWORD to use it")
     # uvloop: the relay and the brain spend most of their CPU in the event loop and socket writes.
     uvloop.run(serve(create_app(settings), f"{args.host}:{settings.port}"))
 

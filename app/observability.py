@@ -170,3 +170,18 @@ class Metrics:
             ["direction"],
             registry=self.registry,
         )
+        self.records_written = Counter(
+            "switchboard_records_written_total", "Call and turn records written to the store", registry=self.registry
+        )
+        self.records_dropped = Counter(
+            "switchboard_records_dropped_total",
+            "Call and turn records dropped, by reason (buffer full while the store was away, shutdown)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.records_write_errors = Counter(
+            "switchboard_records_write_errors_total", "Failed writes to the records store", registry=self.registry
+        )
+        self.records_pending = Gauge(
+            "switchboard_records_pending", "Records waiting to be written", registry=self.registry
+        )

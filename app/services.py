@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from quart import current_app
 
@@ -16,7 +17,7 @@ from app.calls.registry import InProcessCallRegistry
 from app.knowledge.index import query_encoder_for
 from app.knowledge.retrieval import Retriever
 from app.observability import Metrics
-from app.records.messages import MessageStore
+from app.records.store import RecordsStore
 from app.settings import Settings
 from app.telephony.call_actions import CallActions
 from app.telephony.state import Telephony
@@ -36,18 +37,14 @@ class Services:
         self.registry = InProcessCallRegistry()
         self.call_actions = CallActions(settings, self.metrics)
         self.toolbox: Toolbox | None = None
-        self.telephony.observers.append(self.registry)
+        self.records = RecordsStore(settings, self.metrics, self._embed_question)
+        self.telephony.observers += [self.registry, self.records]
 
     async def start(self) -> None:
+        await self.records.start()
         await self.telephony.start()
         await self.call_actions.start()
-        store = MessageStore(self.settings.data_dir)
-        try:
-            await asyncio.to_thread(store.open)
-        except Exception as exc:
-            log.warning("take_message is off: cannot open %s (%s)", store.path, exc)
-            store = None
-        self.toolbox = Toolbox(self.settings, self.metrics, self.registry, self.call_actions, store)
+        self.toolbox = Toolbox(self.settings, self.metrics, self.registry, self.call_actions, self.records)
         self.telephony.observers.append(self.toolbox)
         if not self.call_actions.transfers:
             log.info("transfer_call is off: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, PUBLIC_URL, TRANSFER_TARGETS")
@@ -69,6 +66,7 @@ class Services:
         await self.registry.close()
         await self.call_actions.aclose()
         await self.telephony.stop()
+        await self.records.stop()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -77,6 +75,11 @@ class Services:
             self.retriever.close()
         if self.llm is not None:
             await self.llm.aclose()
+
+    def _embed_question(self, text: str) -> Any:
+        """Unanswered questions are grouped by the same embedding retrieval uses (blocking)."""
+        assert self.retriever is not None
+        return self.retriever.encoder.encode(text)
 
     @property
     def ready(self) -> bool:

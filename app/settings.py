@@ -17,6 +17,15 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+RECORDS_FILE = "records.sqlite3"
+# What DATABASE_URL may say, and the async driver each one is reached through.
+_DATABASE_SCHEMES = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _DEPARTMENT = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -77,6 +86,13 @@ class Settings(BaseSettings):
     max_utterance_chars: int = Field(600, ge=20)
     max_history_chars: int = Field(4000, ge=0)
 
+    # Call records, knowledge gaps and messages (SQLite under DATA_DIR unless DATABASE_URL names PostgreSQL)
+    database_url: SecretStr | None = None
+    records_retention_days: int = Field(30, ge=1, le=3650)
+    record_calls: bool = True
+    # HTTP Basic password of user `admin` on the review page /admin; unset refuses every request there.
+    admin_password: SecretStr | None = None
+
     # Logs
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -97,6 +113,16 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment or parts.path not in ("", "/"):
             raise ValueError("PUBLIC_URL is a base URL: scheme and host only, no path or query")
         return f"{parts.scheme}://{parts.netloc}"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in _DATABASE_SCHEMES:
+            raise ValueError("DATABASE_URL must be postgresql://user:password@host:5432/dbname (or sqlite:///path)")
+        return value
 
     @field_validator("fallback_number", "twilio_phone_number")
     @classmethod
@@ -148,6 +174,15 @@ class Settings(BaseSettings):
     def chroma_server(self) -> bool:
         return bool(self.chroma_host)
 
+    @property
+    def records_url(self) -> str:
+        """The records store as an async SQLAlchemy URL: PostgreSQL through asyncpg, else SQLite."""
+        url = self.secret("database_url")
+        if url is None:
+            return f"sqlite+aiosqlite:///{(self.data_dir / RECORDS_FILE).resolve()}"
+        scheme, sep, rest = url.partition("://")
+        return _DATABASE_SCHEMES[scheme] + sep + rest
+
     def secret(self, name: str) -> str | None:
         """The plain value of a secret field, for the one place that needs it."""
         value = getattr(self, name)
@@ -166,12 +201,26 @@ def load_settings(**overrides: object) -> Settings:
         sys.exit("\n".join(lines))
 
 
-def ensure_env_file(env_path: Path = Path(".env"), example: Path = Path(".env.example")) -> bool:
-    """First run: write `.env` from the example with a fresh SHARED_SECRET. Returns True if written."""
-    if env_path.exists() or not example.exists():
-        return False
-    text = example.read_text(encoding="utf-8")
-    text = re.sub(r"(?m)^SHARED_SECRET=.*$", f"SHARED_SECRET={secrets.token_urlsafe(32)}", text)
-    env_path.write_text(text, encoding="utf-8")
-    env_path.chmod(0o600)
-    return True
+# Written fresh into `.env` by the first run: the brain's shared secret and the review page's password.
+GENERATED_SECRETS = ("SHARED_SECRET", "ADMIN_PASSWORD")
+
+
+def ensure_env_file(env_path: Path = Path(".env"), example: Path = Path(".env.example")) -> list[str]:
+    """First run: write `.env` from the example with fresh generated secrets. A `.env` from before a
+    generated setting existed gets that one appended (a line present but empty means "off" and is
+    kept). Returns the names written."""
+    if not env_path.exists():
+        if not example.exists():
+            return []
+        text = example.read_text(encoding="utf-8")
+        for name in GENERATED_SECRETS:
+            text = re.sub(rf"(?m)^{name}=.*$", f"{name}={secrets.token_urlsafe(24)}", text)
+        env_path.write_text(text, encoding="utf-8")
+        env_path.chmod(0o600)
+        return list(GENERATED_SECRETS)
+    text = env_path.read_text(encoding="utf-8")
+    missing = [name for name in GENERATED_SECRETS if not re.search(rf"(?m)^{name}=", text)]
+    if missing:
+        tail = "" if text.endswith("\n") or not text else "\n"
+        env_path.write_text(text + tail + "".join(f"{n}={secrets.token_urlsafe(24)}\n" for n in missing))
+    return missing

@@ -88,6 +88,8 @@ def serve(make_settings: Callable[..., Settings]) -> Callable[..., Any]:
 # --- the phone side: Twilio and ElevenLabs stand-ins ------------------------------------------
 
 TWILIO_TOKEN = "test-twilio-auth-token"
+ACCOUNT_SID = "AC" + "5" * 32
+TARGETS = {"sales": "+15551230001", "support": "+15551230002"}
 PUBLIC_URL = "https://switchboard.example"
 ENGINE_ID = "seng_test"
 
@@ -112,3 +114,57 @@ def phone_settings(fake_elevenlabs: Any, shared_data_dir: Any, tmp_path: Any) ->
         "elevenlabs_base_url": fake_elevenlabs.base_url,
         "speech_engine_id": ENGINE_ID,
     }
+
+
+@pytest.fixture
+async def twilio_api() -> AsyncIterator[Any]:
+    from app.testing.fake_twilio_api import FakeTwilioApi
+
+    async with FakeTwilioApi(ACCOUNT_SID, TWILIO_TOKEN) as api:
+        yield api
+
+
+@pytest.fixture
+def call_settings(phone_settings, fake_model, twilio_api, kb_index) -> dict[str, Any]:
+    """A server that answers calls, with the model, Twilio REST, transfers and messages all set up.
+    DATA_DIR is shared between tests (the embedding model is exported there once), so messages are
+    told apart by their call's SID."""
+    return {
+        **phone_settings,
+        "index_dir": kb_index,
+        "openai_base_url": fake_model.base_url,
+        "openai_model": "fake-model",
+        "twilio_account_sid": ACCOUNT_SID,
+        "twilio_api_base_url": twilio_api.base_url,
+        "transfer_targets": TARGETS,
+    }
+
+
+# --- the records store: SQLite and a real PostgreSQL ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Any:
+    """One throwaway PostgreSQL cluster for the session; each test makes its own database in it."""
+    from tests.servers import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def records_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty records store on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    import uuid
+
+    return request.getfixturevalue("postgres").create_database(f"records_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def encoder(shared_data_dir: Any, kb_index: Path) -> Any:
+    """The server's query encoder (the model exported once for the session by `kb_index`)."""
+    from app.knowledge.index import query_encoder_for
+
+    return query_encoder_for(Settings(_env_file=None, data_dir=shared_data_dir))

@@ -1,17 +1,21 @@
-"""The message store and `python -m app messages`."""
+"""Messages: callback numbers, their text, and `python -m app messages`."""
 
 from __future__ import annotations
 
-import io
+import asyncio
 import json
-import sqlite3
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.__main__ import main
-from app.records.messages import MessageStore, clean_text, list_messages, normalise_number, parse_since
+from app.observability import Metrics
+from app.records.messages import clean_text, normalise_number, parse_since
+from app.records.store import RecordsStore
+from app.settings import Settings
 
 SID = "CA" + "a" * 32
 
@@ -40,43 +44,6 @@ def test_text_is_one_printable_line_and_capped() -> None:
     assert len(clean_text("x" * 900, 500)) == 500
 
 
-def test_a_message_is_committed_before_add_returns(tmp_path) -> None:
-    store = MessageStore(tmp_path / "data")
-    store.open()
-    saved = store.add(
-        name="Dana Smith",
-        callback_number="+14155550100",
-        message="Please call me back about my bill.",
-        call_sid=SID,
-        caller="+14155550199",
-        conversation_id="conv_1",
-    )
-    # Another connection (another process, after a crash) sees it at once.
-    with sqlite3.connect(tmp_path / "data" / "messages.sqlite3") as other:
-        rows = other.execute("SELECT name, callback_number, call_sid, caller, conversation_id FROM messages").fetchall()
-    assert rows == [("Dana Smith", "+14155550100", SID, "+14155550199", "conv_1")]
-    assert saved.id == 1 and saved.created_at.endswith("+00:00")
-
-
-def test_since_filters_by_time(tmp_path) -> None:
-    store = MessageStore(tmp_path)
-    store.open()
-    now = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
-    for days, name in ((3, "old"), (1, "recent"), (0, "new")):
-        store.add(
-            name=name,
-            callback_number="+14155550100",
-            message="hi",
-            call_sid=None,
-            caller=None,
-            conversation_id=None,
-            now=now - timedelta(days=days),
-        )
-    assert [m.name for m in store.since()] == ["old", "recent", "new"]
-    assert [m.name for m in store.since(now - timedelta(days=2))] == ["recent", "new"]
-    assert MessageStore(tmp_path / "nothing-here").since() == []
-
-
 def test_parse_since_takes_dates_and_durations() -> None:
     now = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
     assert parse_since("12h", now) == now - timedelta(hours=12)
@@ -89,41 +56,42 @@ def test_parse_since_takes_dates_and_durations() -> None:
         parse_since("yesterday")
 
 
-def test_listing_as_text_and_json(tmp_path) -> None:
-    store = MessageStore(tmp_path)
-    store.open()
-    store.add(
-        name="Dana Smith",
-        callback_number="+14155550100",
-        message="About my bill.",
-        call_sid=SID,
-        caller="+14155550199",
-        conversation_id="conv_1",
-    )
-    text, as_json = io.StringIO(), io.StringIO()
-    assert list_messages(tmp_path, None, False, text) == 0
-    assert list_messages(tmp_path, "1d", True, as_json) == 0
-    assert "Dana Smith  +14155550100" in text.getvalue() and "About my bill." in text.getvalue()
-    (row,) = json.loads(as_json.getvalue())
-    assert row["callback_number"] == "+14155550100" and row["call_sid"] == SID and row["conversation_id"] == "conv_1"
-    empty = io.StringIO()
-    assert list_messages(tmp_path / "none", "2024-01-01", False, empty) == 0
-    assert empty.getvalue().startswith("No messages since 2024-01-01")
-    assert list_messages(tmp_path, "last tuesday", False, io.StringIO()) == 2
+async def _leave(data: Path, **message: Any) -> None:
+    store = RecordsStore(Settings(_env_file=None, data_dir=data), Metrics())
+    await store.start()
+    try:
+        async with asyncio.timeout(30):
+            await store.ready.wait()
+        await store.messages.add(**message)
+    finally:
+        await store.stop()
 
 
-def test_python_m_app_messages(tmp_path, monkeypatch, capsys) -> None:
-    """The command reads DATA_DIR like the server does (the process environment is its interface)."""
-    store = MessageStore(tmp_path / "data")
-    store.open()
-    store.add(
-        name="Lee", callback_number="+12127365000", message="Hi.", call_sid=None, caller=None, conversation_id=None
-    )
-    monkeypatch.chdir(tmp_path)  # no .env here
-    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr(sys, "argv", ["python -m app", "messages", "--json", "--since", "1h"])
+def _run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["python -m app", *argv])
     with pytest.raises(SystemExit) as done:
         main()
-    assert done.value.code == 0
-    assert [m["name"] for m in json.loads(capsys.readouterr().out)] == ["Lee"]
+    out = capsys.readouterr()
+    return done.value.code, out.out, out.err
+
+
+async def test_python_m_app_messages_reads_the_records_store(tmp_path, monkeypatch, capsys) -> None:
+    """The command reads DATA_DIR like the server does (the process environment is its interface)."""
+    data = tmp_path / "data"
+    await _leave(
+        data, name="Dana Smith", callback_number="+14155550100", message="About my bill.", call_sid=SID,
+        caller="+14155550199", conversation_id="conv_1",
+    )  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("DATA_DIR", str(data))
+    code, out, _ = await asyncio.to_thread(_run, monkeypatch, capsys, "messages", "--json", "--since", "1h")
+    assert code == 0
+    (row,) = json.loads(out)
+    assert row["name"] == "Dana Smith" and row["callback_number"] == "+14155550100" and row["call_sid"] == SID
+    code, out, _ = await asyncio.to_thread(_run, monkeypatch, capsys, "messages")
+    assert code == 0 and "Dana Smith  +14155550100" in out and "About my bill." in out
+    code, out, _ = await asyncio.to_thread(_run, monkeypatch, capsys, "messages", "--since", "2099-01-01")
+    assert code == 0 and out.startswith("No messages since 2099-01-01 00:00 UTC")
+    code, _, err = await asyncio.to_thread(_run, monkeypatch, capsys, "messages", "--since", "last tuesday")
+    assert code == 2 and "duration like 12h" in err
     assert not (tmp_path / ".env").exists()

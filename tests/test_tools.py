@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,7 +18,7 @@ from app.brain.tools import CallTools, Toolbox
 from app.calls.control import EndReason
 from app.calls.registry import END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL, InProcessCallRegistry
 from app.observability import Metrics
-from app.records.messages import MessageStore
+from app.records.store import RecordsStore
 from app.settings import Settings
 from app.telephony.call_actions import CallActions, after_dial_twiml, transfer_twiml
 from tests.test_call_registry import FAST, SID, Stream
@@ -48,15 +50,27 @@ def settings(tmp_path, **values: Any) -> Settings:
     return Settings(_env_file=None, data_dir=tmp_path, **values)
 
 
-async def toolbox(tmp_path, *, store: bool = True, **values: Any) -> tuple[Toolbox, InProcessCallRegistry]:
-    s = settings(tmp_path, **values)
-    metrics = Metrics()
-    registry = InProcessCallRegistry(timings=FAST)
-    message_store = None
-    if store:
-        message_store = MessageStore(tmp_path)
-        message_store.open()
-    return Toolbox(s, metrics, registry, RecordingActions(s, metrics), message_store), registry
+@pytest.fixture
+async def toolbox() -> AsyncIterator[Callable[..., Awaitable[tuple[Toolbox, InProcessCallRegistry]]]]:
+    """`await toolbox(tmp_path, **settings)`: a Toolbox with a real records store (SQLite, recording off)."""
+    stores: list[RecordsStore] = []
+
+    async def make(tmp_path: Path, *, store: bool = True, **values: Any) -> tuple[Toolbox, InProcessCallRegistry]:
+        s = settings(tmp_path, record_calls=False, **values)
+        metrics = Metrics()
+        registry = InProcessCallRegistry(timings=FAST)
+        records = None
+        if store:
+            records = RecordsStore(s, metrics)
+            stores.append(records)
+            await records.start()
+            async with asyncio.timeout(30):
+                await records.ready.wait()
+        return Toolbox(s, metrics, registry, RecordingActions(s, metrics), records), registry
+
+    yield make
+    for records in stores:
+        await records.stop()
 
 
 async def on_call(box: Toolbox, registry: InProcessCallRegistry, stream: Stream | None = None) -> CallTools:
@@ -80,7 +94,7 @@ def counted(box: Toolbox, tool: str, outcome: str) -> float:
 # --- schemas and what is offered ------------------------------------------------------------
 
 
-async def test_schemas_forbid_extra_fields_and_list_only_configured_departments(tmp_path) -> None:
+async def test_schemas_forbid_extra_fields_and_list_only_configured_departments(tmp_path, toolbox) -> None:
     box, registry = await toolbox(tmp_path, **PHONE)
     tools = await on_call(box, registry)
     specs = {spec["function"]["name"]: spec["function"] for spec in box.specs(tools.offered)}
@@ -109,7 +123,9 @@ async def test_schemas_forbid_extra_fields_and_list_only_configured_departments(
         pytest.param({}, False, False, (), id="nothing"),
     ],
 )
-async def test_tools_are_offered_only_when_their_prerequisites_hold(tmp_path, values, bound, store, offered) -> None:
+async def test_tools_are_offered_only_when_their_prerequisites_hold(
+    tmp_path, values, bound, store, offered, toolbox
+) -> None:
     box, registry = await toolbox(tmp_path, store=store, **values)
     if bound:
         tools = await on_call(box, registry)
@@ -122,7 +138,7 @@ async def test_tools_are_offered_only_when_their_prerequisites_hold(tmp_path, va
         assert (rule in system) == (name in offered)
 
 
-async def test_a_call_over_or_transferred_offers_no_call_tools(tmp_path) -> None:
+async def test_a_call_over_or_transferred_offers_no_call_tools(tmp_path, toolbox) -> None:
     box, registry = await toolbox(tmp_path, **PHONE)
     stream = Stream()
     tools = await on_call(box, registry, stream)
@@ -134,14 +150,14 @@ async def test_a_call_over_or_transferred_offers_no_call_tools(tmp_path) -> None
     await registry.close()
 
 
-async def test_the_call_sid_header_must_look_like_one(tmp_path) -> None:
+async def test_the_call_sid_header_must_look_like_one(tmp_path, toolbox) -> None:
     box, _ = await toolbox(tmp_path, **PHONE)
     assert box.conversation(SID).call_sid == SID
     for junk in ("{{call_sid}}", "", "CA123", "XX" + "1" * 32, SID + "0"):
         assert box.conversation(junk).call_sid is None
 
 
-async def test_without_the_header_the_conversation_id_binds(tmp_path) -> None:
+async def test_without_the_header_the_conversation_id_binds(tmp_path, toolbox) -> None:
     box, registry = await toolbox(tmp_path, **PHONE)
     await registry.call_started(Stream(conversation_id="conv_9").control)
     tools = box.conversation(None)
@@ -153,7 +169,7 @@ async def test_without_the_header_the_conversation_id_binds(tmp_path) -> None:
 # --- the gate ---------------------------------------------------------------------------------
 
 
-async def test_a_valid_transfer_waits_for_the_line_then_dials_the_configured_department(tmp_path) -> None:
+async def test_a_valid_transfer_waits_for_the_line_then_dials_the_configured_department(tmp_path, toolbox) -> None:
     box, registry = await toolbox(tmp_path, **PHONE)
     stream = Stream()
     tools = await on_call(box, registry, stream)
@@ -192,7 +208,9 @@ async def test_a_valid_transfer_waits_for_the_line_then_dials_the_configured_dep
         pytest.param("functions.transfer_call", {"department": "sales"}, "unknown_tool", "no such tool", id="alias"),
     ],
 )
-async def test_rejected_calls_are_counted_and_explained(tmp_path, caplog, name, arguments, outcome, says) -> None:
+async def test_rejected_calls_are_counted_and_explained(
+    tmp_path, caplog, name, arguments, outcome, says, toolbox
+) -> None:
     box, registry = await toolbox(tmp_path, **PHONE)
     tools = await on_call(box, registry)
     (result,) = await tools.run([call(name, arguments)])
@@ -207,14 +225,14 @@ async def test_rejected_calls_are_counted_and_explained(tmp_path, caplog, name, 
     assert box.actions.transfers_made == []  # type: ignore[attr-defined]
 
 
-async def test_limits_one_transfer_one_end_three_messages(tmp_path) -> None:
+async def test_limits_one_transfer_one_end_three_messages(tmp_path, toolbox) -> None:
     box, registry = await toolbox(tmp_path, **PHONE)
     tools = await on_call(box, registry)
     message = {"name": "Dana", "callback_number": "(415) 555-0100", "message": "Call me back."}
     results = await tools.run([call(MESSAGE_TOOL, message, f"m{n}") for n in range(4)])
     assert [json.loads(r)["ok"] for r in results] == [True, True, True, False]
     assert tools.labels == ["accepted"] * 3 + ["limit"]
-    assert len(box.store.since()) == 3  # type: ignore[union-attr]
+    assert len(await box.store.since()) == 3  # type: ignore[union-attr]
     results = await tools.run(
         [
             call(TRANSFER_TOOL, {"department": "sales"}, "t1"),
@@ -226,7 +244,7 @@ async def test_limits_one_transfer_one_end_three_messages(tmp_path) -> None:
     await registry.close()
 
 
-async def test_tools_not_offered_are_refused_even_if_called(tmp_path) -> None:
+async def test_tools_not_offered_are_refused_even_if_called(tmp_path, toolbox) -> None:
     box, _ = await toolbox(tmp_path, **PHONE)
     tools = box.conversation(None)  # no call: transfer and end are not offered
     await tools.begin_turn()
@@ -235,7 +253,7 @@ async def test_tools_not_offered_are_refused_even_if_called(tmp_path) -> None:
     assert box.actions.transfers_made == []  # type: ignore[attr-defined]
 
 
-async def test_tools_act_only_on_their_own_call(tmp_path) -> None:
+async def test_tools_act_only_on_their_own_call(tmp_path, toolbox) -> None:
     box, registry = await toolbox(tmp_path, **PHONE)
     mine, other = Stream(SID, "conv_1"), Stream("CA" + "9" * 32, "conv_2")
     await registry.call_started(other.control)
@@ -251,13 +269,13 @@ async def test_tools_act_only_on_their_own_call(tmp_path) -> None:
     await registry.close()
 
 
-async def test_a_message_without_a_number_uses_the_callers(tmp_path) -> None:
+async def test_a_message_without_a_number_uses_the_callers(tmp_path, toolbox) -> None:
     box, registry = await toolbox(tmp_path, **PHONE)
     tools = await on_call(box, registry)
     long = "Please call me. " * 60
     (result,) = await tools.run([call(MESSAGE_TOOL, {"name": " Dana\x07 Smith ", "message": long})])
     assert "shortened to 500" in json.loads(result)["result"]
-    (saved,) = box.store.since()  # type: ignore[union-attr]
+    (saved,) = await box.store.since()  # type: ignore[union-attr]
     assert saved.callback_number == "+14155550100" and saved.call_sid == SID and saved.name == "Dana Smith"
     assert len(saved.message) == 500
     await registry.close()
@@ -266,7 +284,7 @@ async def test_a_message_without_a_number_uses_the_callers(tmp_path) -> None:
 # --- the keypad -------------------------------------------------------------------------------
 
 
-async def test_keypad_zero_transfers_to_the_first_department_once(tmp_path) -> None:
+async def test_keypad_zero_transfers_to_the_first_department_once(tmp_path, toolbox) -> None:
     box, registry = await toolbox(tmp_path, **{**PHONE, "transfer_targets": {"support": "+15551230002", **TARGETS}})
     stream = Stream()
     await registry.call_started(stream.control)
@@ -280,7 +298,7 @@ async def test_keypad_zero_transfers_to_the_first_department_once(tmp_path) -> N
     await registry.close()
 
 
-async def test_keypad_does_nothing_without_transfers(tmp_path) -> None:
+async def test_keypad_does_nothing_without_transfers(tmp_path, toolbox) -> None:
     box, registry = await toolbox(tmp_path, **{**PHONE, "transfer_targets": {}})
     stream = Stream()
     await registry.call_started(stream.control)
@@ -391,7 +409,9 @@ async def test_transfer_redirects_the_call_through_the_rest_api(tmp_path, token)
 
 
 @pytest.mark.parametrize("fallback", [None, "+15550001111"])
-async def test_a_refused_redirect_ends_the_stream_for_the_fallback_only_if_there_is_one(tmp_path, fallback) -> None:
+async def test_a_refused_redirect_ends_the_stream_for_the_fallback_only_if_there_is_one(
+    tmp_path, fallback, toolbox
+) -> None:
     box, _ = await toolbox(tmp_path, **PHONE, fallback_number=fallback)
     ends: list[EndReason] = []
     live = SimpleNamespace(call_sid=SID, ended=False, end=ends.append)

@@ -1,169 +1,30 @@
-"""Tools on real calls: real Hypercorn on 127.0.0.1, the Twilio caller and REST API, the ElevenLabs
-conversation and Speech Engine stand-ins, and the OpenAI-compatible fake streaming tool calls.
-
-ElevenLabs' part is played by the test: the Speech Engine client carries the brain's text, and the
-conversation stand-in sends the audio that text would become, which the caller plays in real time
-and acknowledges with Twilio's marks.
-"""
+"""Tools on real calls (see `tests.phone`): transfers, hang-ups and messages, and what neither the
+caller nor the documents can make happen."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from app.brain.prompt import REFERENCE_OPEN
-from app.calls.control import CallControl, EndReason
-from app.calls.registry import ActionTimings
-from app.configure import CALL_SID_HEADER
-from app.records.messages import MessageStore
-from app.telephony.state import BridgeLimits
-from app.testing.fake_elevenlabs import FakeConversation, FakeElevenLabs
-from app.testing.fake_openai import FakeOpenAI, Reply
-from app.testing.fake_twilio_api import FakeTwilioApi
-from app.testing.live_server import LiveServer
+from app.brain.tools import GAP_TOOL
+from app.calls.control import EndReason
+from app.testing.fake_openai import Reply
 from app.testing.speech_engine import SpeechEngineClient
-from app.testing.twilio_caller import TwilioCaller, ulaw_frames
 from ingest.pipeline import run_ingest
-from tests.conftest import API_KEY, PUBLIC_URL, SECRET, TWILIO_TOKEN
-
-ACCOUNT_SID = "AC" + "5" * 32
-TARGETS = {"sales": "+15551230001", "support": "+15551230002"}
-UNLISTED = "+19005550199"
-FAST_BRIDGE = BridgeLimits(start_timeout=2, ready_timeout=2, send_timeout=1, close_timeout=1)
-FAST_ACTIONS = ActionTimings(
-    turn_timeout=5, line_start_timeout=5, settle=0.05, heard_timeout=5, audio_poll=0.01, close_timeout=5
+from tests.conftest import API_KEY, PUBLIC_URL, SECRET, TARGETS
+from tests.phone import (
+    UNLISTED,
+    DigitsSeen,
+    dialled,
+    messages_of,
+    phone_call,
+    requests_made,
+    tool_names,
+    tool_results,
 )
-
-
-class CallUpdates(list):
-    """The fake REST API's record of call updates, noting what the caller had heard at each one."""
-
-    def __init__(self, caller: TwilioCaller) -> None:
-        super().__init__()
-        self.caller = caller
-        self.heard: list[tuple[list[str], list[str], int]] = []  # (audio marks sent, marks echoed, media played)
-        self.changed = asyncio.Event()
-
-    def append(self, item: Any) -> None:
-        caller = self.caller
-        marks = [name for kind, name in caller.received if kind == "mark" and not name.startswith("flush-")]
-        self.heard.append((marks, list(caller.echoed), len(caller.media)))
-        super().append(item)
-        self.changed.set()
-
-    async def wait(self, count: int = 1, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self) < count:
-                self.changed.clear()
-                await self.changed.wait()
-
-
-@dataclass
-class Phone:
-    server: LiveServer
-    caller: TwilioCaller
-    conv: FakeConversation
-    client: SpeechEngineClient
-    api: FakeTwilioApi
-
-    @property
-    def svc(self) -> Any:
-        return self.server.app.extensions["switchboard"]
-
-    async def speak(self, seconds: float = 0.3, event_id: int = 1) -> list[str]:
-        """What ElevenLabs' TTS does with the agent's text: audio down the conversation socket."""
-        payloads = [base64.b64encode(frame).decode() for frame in ulaw_frames(seconds, frequency=330)]
-        for payload in payloads:
-            await self.conv.audio(payload, event_id)
-        return payloads
-
-    def counted(self, name: str, **labels: str) -> float:
-        return self.svc.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture
-async def twilio_api() -> AsyncIterator[FakeTwilioApi]:
-    async with FakeTwilioApi(ACCOUNT_SID, TWILIO_TOKEN) as api:
-        yield api
-
-
-@pytest.fixture
-def call_settings(phone_settings, fake_model, twilio_api, kb_index) -> dict[str, Any]:
-    """A server that answers calls, with the model, Twilio REST, transfers and messages all set up.
-    DATA_DIR is shared between tests (the embedding model is exported there once), so messages are
-    told apart by their call's SID."""
-    return {
-        **phone_settings,
-        "index_dir": kb_index,
-        "openai_base_url": fake_model.base_url,
-        "openai_model": "fake-model",
-        "twilio_account_sid": ACCOUNT_SID,
-        "twilio_api_base_url": twilio_api.base_url,
-        "transfer_targets": TARGETS,
-    }
-
-
-@asynccontextmanager
-async def phone_call(
-    serve: Any, settings: dict[str, Any], fake: FakeElevenLabs, api: FakeTwilioApi, *, header: bool = True
-) -> AsyncIterator[Phone]:
-    """A call through the bridge, and the brain conversation ElevenLabs would open for it."""
-    async with serve(**settings) as server:
-        svc = server.app.extensions["switchboard"]
-        svc.telephony.limits = FAST_BRIDGE
-        svc.registry.timings = FAST_ACTIONS
-        async with TwilioCaller(server.http_url, PUBLIC_URL, TWILIO_TOKEN, realtime=True) as caller:
-            api.call_updates = CallUpdates(caller)
-            await caller.dial()
-            await caller.open_stream()
-            await caller.connected()
-            await caller.start()
-            conv = await fake.conversation()
-            assert await svc.registry.find(call_sid=caller.call_sid, timeout=5) is not None
-            headers = {CALL_SID_HEADER: caller.call_sid} if header else {}
-            async with await SpeechEngineClient.open(
-                f"{server.ws_url}/ws", api_key=API_KEY, shared_secret=SECRET, headers=headers
-            ) as client:
-                await client.init(conv.conversation_id)
-                yield Phone(server, caller, conv, client, api)
-
-
-def messages_of(settings: dict[str, Any], call_sid: str) -> list[Any]:
-    return [m for m in MessageStore(settings["data_dir"]).since() if m.call_sid == call_sid]
-
-
-def tool_names(request: Any) -> list[str]:
-    return [spec["function"]["name"] for spec in request.body.get("tools", [])]
-
-
-def tool_results(request: Any) -> list[dict[str, Any]]:
-    return [json.loads(m["content"]) for m in request.messages if m["role"] == "tool"]
-
-
-def dialled(form: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
-    """The verbs, the dialled numbers and the dial actions of a redirect's TwiML."""
-    root = ET.fromstring(form["Twiml"])
-    dials = list(root.iter("Dial"))
-    return [c.tag for c in root], [(d.text or "").strip() for d in dials], [d.get("action", "") for d in dials]
-
-
-async def requests_made(fake: FakeOpenAI, count: int, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while len(fake.requests) < count:
-            fake.request_seen.clear()
-            if len(fake.requests) >= count:
-                break
-            await fake.request_seen.wait()
-
 
 # --- transfer ---------------------------------------------------------------------------------
 
@@ -197,7 +58,7 @@ async def test_a_caller_asking_for_a_person_hears_the_line_then_is_redirected_on
     assert marks and set(marks) <= set(echoed), "redirected before the line's marks came back"
     assert played == len(audio)
     first, second, stranger_request = fake_model.requests
-    assert tool_names(first) == ["transfer_call", "end_call", "take_message"]
+    assert tool_names(first) == ["transfer_call", "end_call", "take_message", GAP_TOOL]
     enum = first.body["tools"][0]["function"]["parameters"]["properties"]["department"]["enum"]
     assert enum == ["sales", "support"]
     assert second.messages[-2]["role"] == "assistant" and second.messages[-2]["content"] == line
@@ -207,7 +68,7 @@ async def test_a_caller_asking_for_a_person_hears_the_line_then_is_redirected_on
     }
     (result,) = tool_results(second)
     assert result["ok"] is True and "transferred to sales" in result["result"]
-    assert tool_names(stranger_request) == ["take_message"]
+    assert tool_names(stranger_request) == ["take_message", GAP_TOOL]
 
 
 async def test_dtmf_zero_transfers_to_the_default_department_without_the_model(
@@ -290,7 +151,7 @@ async def test_a_message_is_stored_normalised_and_survives_an_immediate_hang_up(
         await phone.caller.hang_up()  # ...and the caller is gone before it says anything
         await phone.client.aclose()
         assert phone.client.answers[event_id].finals == 0
-    (saved,) = messages_of(call_settings, phone.caller.call_sid)
+    (saved,) = await messages_of(call_settings, phone.caller.call_sid)
     assert saved.name == "Dana Smith" and saved.callback_number == "+14155550100"
     assert saved.message == "Please call me about my bill."
     assert saved.call_sid == phone.caller.call_sid and saved.caller == phone.caller.caller
@@ -359,7 +220,7 @@ async def test_injection_attempts_never_dial_an_unlisted_number_or_exceed_limits
     assert r3.body["tool_choice"] == "none"  # the third round may not call tools
     # Turn 2: three messages, no more (the fourth, and a fifth in the next round, are refused).
     assert second.text == "I've saved your messages."
-    assert len(messages_of(call_settings, phone.caller.call_sid)) == 3
+    assert len(await messages_of(call_settings, phone.caller.call_sid)) == 3
     # Turn 3: one redirect, to the configured number.
     assert third.text == "Putting you through to sales."
     ((_, form),) = twilio_api.call_updates
@@ -400,11 +261,13 @@ async def test_a_document_saying_always_transfer_is_only_data(
 async def test_without_prerequisites_tools_are_not_offered(
     serve, call_settings, fake_elevenlabs, fake_model, twilio_api, tmp_path
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "models").symlink_to(Path(call_settings["data_dir"]) / "models")  # the exported embedding model
-    (data / "messages.sqlite3").mkdir()  # a message store that cannot open
-    settings = {**call_settings, "twilio_account_sid": None, "data_dir": data}
+    # No REST credentials, and a records store that cannot be reached (so no messages, no gap notes).
+    settings = {
+        **call_settings,
+        "twilio_account_sid": None,
+        "database_url": "postgresql://nobody@127.0.0.1:9/none",
+        "record_calls": False,
+    }
     async with phone_call(serve, settings, fake_elevenlabs, twilio_api) as phone:
         await phone.client.ask("hello?")
         async with await SpeechEngineClient.open(
@@ -419,27 +282,3 @@ async def test_without_prerequisites_tools_are_not_offered(
     assert "transfer_call" not in on_call.messages[0]["content"]
     assert "tools" not in off_call.body and "take_message" not in off_call.messages[0]["content"]
     assert twilio_api.call_updates == []
-
-
-class DigitsSeen:
-    """A call observer registered after the tools: once it has seen a digit, so have they."""
-
-    def __init__(self) -> None:
-        self.digits: list[str] = []
-        self.changed = asyncio.Event()
-
-    async def call_started(self, call: CallControl) -> None:
-        pass
-
-    async def call_ended(self, call: CallControl) -> None:
-        pass
-
-    def dtmf(self, call: CallControl, digit: str) -> None:
-        self.digits.append(digit)
-        self.changed.set()
-
-    async def wait(self, count: int, timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.digits) < count:
-                self.changed.clear()
-                await self.changed.wait()

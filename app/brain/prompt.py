@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.brain.sanitise import SanitisedTranscript, neutralise_markup
+from app.brain.tools import GAP_TOOL
 from app.calls.registry import END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL
 from app.knowledge.retrieval import Passage, Retrieval
 from app.settings import Settings
@@ -48,6 +49,8 @@ TOOL_RULES = {
     END_TOOL: "- end_call: only when the caller has said goodbye or has nothing else. Say a short goodbye first.",
     MESSAGE_TOOL: "- take_message: when the caller wants to leave a message. Ask for their name, a callback "
     "number and the message; read the number back, then save it once.",
+    GAP_TOOL: f"- {GAP_TOOL}: whenever the passages do not answer what the caller asked and you tell them so, "
+    "report the question (in a few words), in the same reply. Never for greetings, thanks or small talk.",
 }
 
 

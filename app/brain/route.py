@@ -129,4 +129,6 @@ class Conversation:
             raise
         finally:
             await answer.aclose()
+            record.call_sid = self.tools.known_call_sid if self.tools is not None else None
             record.finish(self.svc.metrics)
+            self.svc.records.record(record.event())

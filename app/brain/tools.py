@@ -13,7 +13,6 @@ the keypad's `0` transfers to the first department at once, without the model.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -27,13 +26,18 @@ from app.brain.llm import ToolCall
 from app.calls.control import CallControl, EndReason
 from app.calls.registry import CALL_LIMITS, END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL, CallRegistry, Line, LiveCall
 from app.observability import Metrics, mask_digits
-from app.records.messages import MAX_MESSAGE_CHARS, MAX_NAME_CHARS, MessageStore, clean_text, normalise_number
+from app.records.events import CallTransferred
+from app.records.messages import MAX_MESSAGE_CHARS, MAX_NAME_CHARS, clean_text, normalise_number
+from app.records.store import RecordsStore
 from app.settings import Settings
 from app.telephony.call_actions import CallActions
 
 log = logging.getLogger("switchboard.tools")
 
-TOOL_ORDER = (TRANSFER_TOOL, END_TOOL, MESSAGE_TOOL)
+# Not an action on the call: the model's way to say the documents did not answer (a knowledge gap).
+GAP_TOOL = "report_unanswered_question"
+TOOL_ORDER = (TRANSFER_TOOL, END_TOOL, MESSAGE_TOOL, GAP_TOOL)
+MAX_QUESTION_CHARS = 300
 # What the caller hears when the model armed a transfer or a hang-up but said nothing itself.
 ACTION_LINES = {TRANSFER_TOOL: "One moment, I'll put you through now.", END_TOOL: "Thank you for calling. Goodbye."}
 KEYPAD_DIGIT = "0"
@@ -62,6 +66,13 @@ class MessageArgs(BaseModel):
     )
 
 
+class GapArgs(BaseModel):
+    model_config = _STRICT
+    question: str = Field(
+        min_length=1, max_length=2 * MAX_QUESTION_CHARS, description="The caller's question, in a few words."
+    )
+
+
 def _transfer_args(departments: Sequence[str]) -> type[BaseModel]:
     """The argument model for this deployment: `department` is an enum of the configured names."""
     return create_model(
@@ -79,6 +90,8 @@ _DESCRIPTIONS = {
     "they have heard it. At most once per call.",
     MESSAGE_TOOL: "Save a message for the team: the caller's name, a callback number and the message. Read the "
     "number back to the caller before saving. At most three per call.",
+    GAP_TOOL: "Report a question the passages do not answer, so the team can add it to the documents. Call it "
+    "whenever you tell the caller you don't have that information; not for greetings, thanks or small talk.",
 }
 
 
@@ -140,16 +153,17 @@ class Toolbox:
         metrics: Metrics,
         registry: CallRegistry,
         actions: CallActions,
-        store: MessageStore | None,
+        records: RecordsStore | None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.registry = registry
         self.actions = actions
-        self.store = store
+        self.records = records
+        self.store = records.messages if records is not None else None
         # The `x-call-sid` header says a call exists; the bridge may announce it a moment later.
         self.bind_timeout = BIND_TIMEOUT_S
-        self.models: dict[str, type[BaseModel]] = {END_TOOL: EndArgs, MESSAGE_TOOL: MessageArgs}
+        self.models: dict[str, type[BaseModel]] = {END_TOOL: EndArgs, MESSAGE_TOOL: MessageArgs, GAP_TOOL: GapArgs}
         if actions.transfers:
             self.models[TRANSFER_TOOL] = _transfer_args(list(settings.transfer_targets))
         self._schemas = {name: _schema(name, model) for name, model in self.models.items()}
@@ -173,8 +187,10 @@ class Toolbox:
             if TRANSFER_TOOL in self.models:
                 offered.append(TRANSFER_TOOL)
             offered.append(END_TOOL)
-        if self.store is not None and messages_left:
+        if self.store is not None and self.records is not None and self.records.ready.is_set() and messages_left:
             offered.append(MESSAGE_TOOL)
+        if self.records is not None and self.records.gaps:
+            offered.append(GAP_TOOL)
         return tuple(offered)
 
     def count(self, tool: str, outcome: str) -> None:
@@ -184,6 +200,8 @@ class Toolbox:
         """Redirect the call. If Twilio refuses, end the stream as failed so the Connect action
         applies FALLBACK_NUMBER semantics (without one, the caller keeps talking to the agent)."""
         if await self.actions.transfer(call.call_sid, department, say):
+            if self.records is not None:
+                self.records.record(CallTransferred(call.call_sid, department))
             return
         if self.settings.fallback_number and not call.ended:
             call.end(EndReason.INTERNAL_ERROR)
@@ -227,6 +245,7 @@ class CallTools:
         self.conversation_id: str | None = None
         self.offered: tuple[str, ...] = ()
         self.labels: list[str] = []  # the outcome of each tool call of the last `run`
+        self.unanswered: str | None = None  # the question this turn reported as unanswered
         self._acting: str | None = None  # this turn armed a transfer or a hang-up
         self._call: LiveCall | None = None
         self._waited = False
@@ -238,6 +257,11 @@ class CallTools:
         return self._call
 
     @property
+    def known_call_sid(self) -> str | None:
+        """The call this conversation is on, as far as it is known: bound, or named by the header."""
+        return self._call.call_sid if self._call is not None else self.call_sid
+
+    @property
     def line(self) -> str | None:
         """What to say when this turn armed an action and the model said nothing (None: no action)."""
         return ACTION_LINES[self._acting] if self._acting else None
@@ -246,6 +270,7 @@ class CallTools:
         """Bind to the call if not yet bound, note where this turn's audio starts; returns the offer."""
         call = await self._bind()
         self._acting = None
+        self.unanswered = None
         self._line = Line(call.audio_progress) if call is not None else None
         messages_left = (
             call.used(MESSAGE_TOOL) < CALL_LIMITS[MESSAGE_TOOL]
@@ -318,7 +343,18 @@ class CallTools:
             return self._transfer(args.department)  # type: ignore[attr-defined]
         if call.name == END_TOOL:
             return self._end()
+        if call.name == GAP_TOOL:
+            return self._gap(args.question)  # type: ignore[attr-defined]
         return await self._message(args)  # type: ignore[arg-type]
+
+    def _gap(self, question: str) -> Outcome:
+        if self.unanswered is not None:
+            return _no("limit", "Already reported for this question.")
+        self.unanswered = clean_text(question, MAX_QUESTION_CHARS)
+        return _ok(
+            "Noted for the team. If you have not told the caller yet, say in one short sentence that you don't have "
+            "that information and offer to take a message or to transfer them; otherwise say nothing more."
+        )
 
     def _transfer(self, department: str) -> Outcome:
         call = self._call
@@ -371,8 +407,7 @@ class CallTools:
             self._messages_without_call += 1
         try:
             # Committed before the model hears back, so a hang-up right after loses nothing.
-            saved = await asyncio.to_thread(
-                store.add,
+            saved = await store.add(
                 name=name,
                 callback_number=number,
                 message=text,

@@ -16,19 +16,20 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import Any
 
 from app.brain.llm import LLM, LLMError, ToolCall
 from app.brain.prompt import Prompt
 from app.brain.query import retrieval_query
 from app.brain.sanitise import HOSTILE_FLAGS, SanitisedTranscript, sanitise_transcript
-from app.brain.spoken_fallback import CANNOT_LOOK_UP, extractive_answer
-from app.knowledge.retrieval import Retrieval, Retriever
+from app.brain.small_talk import small_talk
+from app.brain.spoken_fallback import CANNOT_LOOK_UP, NO_ANSWER, extractive_answer
+from app.brain.tools import GAP_TOOL, CallTools
+from app.knowledge.retrieval import Passage, Retrieval, Retriever
 from app.observability import Metrics
+from app.records.events import Source, TurnDone
 from app.settings import Settings
-
-if TYPE_CHECKING:
-    from app.brain.tools import CallTools
 
 log = logging.getLogger("switchboard.turn")
 
@@ -43,30 +44,58 @@ MAX_TOOL_ROUNDS = 2
 
 @dataclass
 class TurnRecord:
-    """What one turn did, written once as a log line and into the metrics."""
+    """What one turn did: a log line, the metrics, and the turn's record in the call history."""
 
     conversation_id: str | None
     event_id: int | None
+    call_sid: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     timing: dict[str, float] = field(default_factory=dict)
     outcome: str = "answered"
     fallback: str | None = None
     flags: frozenset[str] = frozenset()
     follow_up: bool = False
     abstained: bool | None = None
-    sources: list[str] = field(default_factory=list)
-    tools: list[str] = field(default_factory=list)
+    passages: tuple[Passage, ...] = ()
+    tools: list[dict[str, str]] = field(default_factory=list)
+    utterance: str = ""  # what the caller said, sanitised
+    said: list[str] = field(default_factory=list)  # what went out to be spoken
+    unanswered: str | None = None  # the question the documents did not answer
     chunks: int = 0
 
-    def first_chunk(self) -> None:
+    def sent(self, text: str) -> None:
         if self.chunks == 0:
             self.timing["first_chunk_s"] = time.perf_counter() - self.started
         self.chunks += 1
+        self.said.append(text)
 
     def retrieved(self, retrieval: Retrieval) -> None:
         self.timing["retrieval_s"] = retrieval.seconds
         self.abstained = retrieval.abstain
-        self.sources = [f"{p.source}:{p.similarity:.2f}" for p in retrieval.passages[:3]]
+        self.passages = retrieval.passages
+
+    def tool(self, name: str, decision: str) -> None:
+        self.tools.append({"tool": name[:64], "decision": decision})
+
+    def event(self) -> TurnDone:
+        """The turn as the call history keeps it."""
+        return TurnDone(
+            call_sid=self.call_sid,
+            conversation_id=self.conversation_id,
+            event_id=self.event_id,
+            started_at=self.started_at,
+            caller_text=self.utterance,
+            agent_text="".join(self.said),
+            interrupted=self.outcome == "interrupted",
+            outcome=self.outcome,
+            abstained=self.abstained,
+            fallback=self.fallback,
+            tools=self.tools,
+            timings_ms={k.removesuffix("_s"): round(v * 1000, 1) for k, v in self.timing.items()},
+            sources=tuple(Source(p.id, p.source, p.headings, p.text, p.score, p.similarity) for p in self.passages),
+            unanswered=self.unanswered,
+        )
 
     def finish(self, metrics: Metrics) -> None:
         self.timing["total_s"] = time.perf_counter() - self.started
@@ -95,8 +124,8 @@ class TurnRecord:
                 "flags": sorted(self.flags) or None,
                 "follow_up": self.follow_up or None,
                 "abstained": self.abstained,
-                "sources": self.sources or None,
-                "tools": self.tools or None,
+                "sources": [f"{p.source}:{p.similarity:.2f}" for p in self.passages[:3]] or None,
+                "tools": [f"{t['tool']}:{t['decision']}" for t in self.tools] or None,
                 "fallback": self.fallback,
                 "chunks": self.chunks,
                 **{f"{k.removesuffix('_s')}_ms": round(v * 1000, 1) for k, v in self.timing.items()},
@@ -124,22 +153,23 @@ class TurnPipeline:
         try:
             async for text in self._answer(transcript, record, tools):
                 if record.chunks == 0:
-                    record.first_chunk()
+                    record.sent(text)
                     yield text
                     continue
                 if len(pending) >= COALESCE_CHARS and (pending[-1] in _BOUNDARY or text[:1] in _BOUNDARY):
-                    record.first_chunk()
+                    record.sent(pending)
                     yield pending
                     pending = ""
                 pending += text
             if pending:
-                record.first_chunk()
+                record.sent(pending)
                 yield pending
         except Exception:
             log.exception("turn failed")
             record.outcome, record.fallback = "apology", "internal error"
-            record.first_chunk()
-            yield pending + (APOLOGY_MID_ANSWER if record.chunks > 1 or pending else CANNOT_LOOK_UP)
+            text = pending + (APOLOGY_MID_ANSWER if record.chunks > 1 or pending else CANNOT_LOOK_UP)
+            record.sent(text)
+            yield text
         finally:
             if tools is not None:
                 tools.end_turn()
@@ -153,6 +183,7 @@ class TurnPipeline:
             max_history_chars=self.settings.max_history_chars,
         )
         record.flags = clean.flags
+        record.utterance = clean.utterance
         if clean.flags & HOSTILE_FLAGS:
             log.warning("transcript flagged: %s", ", ".join(sorted(clean.flags & HOSTILE_FLAGS)))
         if not clean.utterance:
@@ -168,7 +199,7 @@ class TurnPipeline:
         record.retrieved(retrieval)
         if not self.llm.enabled:
             record.outcome, record.fallback = "documents_only", "no model"
-            yield await asyncio.to_thread(extractive_answer, retrieval, query, self.retriever.encoder)
+            yield await self._documents_answer(retrieval, query, clean, record)
             return
         async for text in self._model_answer(clean, retrieval, query, record, tools):
             yield text
@@ -214,18 +245,22 @@ class TurnPipeline:
                 elif spoke or round_no > 0:
                     yield APOLOGY_MID_ANSWER if spoke else APOLOGY_MID_ANSWER.lstrip()
                 else:
-                    yield await asyncio.to_thread(extractive_answer, retrieval, query, self.retriever.encoder)
+                    yield await self._documents_answer(retrieval, query, clean, record)
                 return
             if not calls:
                 break
             if last or tools is None:
                 for call in calls:
-                    record.tools.append(f"{call.name[:64]}:round_limit")
+                    record.tool(call.name, "round_limit")
                     if tools is not None:
                         tools.box.count(call.name, "round_limit")
                 break
             results = await tools.run(calls)
-            record.tools += [f"{call.name[:64]}:{label}" for call, label in zip(calls, tools.labels, strict=True)]
+            for call, label in zip(calls, tools.labels, strict=True):
+                record.tool(call.name, label)
+            record.unanswered = tools.unanswered or record.unanswered
+            if spoke and all(call.name == GAP_TOOL for call in calls):
+                break  # the answer is said; noting the gap needs nothing more from the model
             acted = acted or "accepted" in tools.labels
             messages = [
                 *messages,
@@ -235,3 +270,13 @@ class TurnPipeline:
         if not spoke:
             line = tools.line if tools is not None else None
             yield line or (DONE if acted else CANNOT_DO)
+
+    async def _documents_answer(
+        self, retrieval: Retrieval, query: str, clean: SanitisedTranscript, record: TurnRecord
+    ) -> str:
+        """The answer from the documents alone; saying they hold none is a knowledge gap."""
+        assert self.retriever is not None
+        answer = await asyncio.to_thread(extractive_answer, retrieval, query, self.retriever.encoder)
+        if answer == NO_ANSWER and not small_talk(clean.utterance):
+            record.unanswered = clean.utterance
+        return answer

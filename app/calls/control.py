@@ -14,6 +14,7 @@ import asyncio
 import enum
 import itertools
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -62,6 +63,7 @@ class CallControl:
         self.call_sid = call_sid
         self.stream_sid = stream_sid
         self.caller = caller
+        self.started_at = datetime.now(UTC)
         self.conversation_id: str | None = None
         self.end_reason: EndReason | None = None
         self.ended = asyncio.Event()

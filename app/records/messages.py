@@ -1,42 +1,31 @@
-"""Messages callers leave with the agent: one SQLite file under DATA_DIR.
+"""Messages callers leave with the agent, in the records store.
 
 Each message is committed before the tool answers the model, so a caller who hangs up straight
-after leaving it loses nothing. `python -m app messages [--since ...] [--json]` lists them.
+after leaving it loses nothing; if it cannot be written, the agent is told so (and offers a
+transfer) rather than promising a call back. The message text is redacted like every record.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import re
-import sqlite3
-import sys
 import unicodedata
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TextIO
+from typing import Any
 
 import phonenumbers
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-DB_NAME = "messages.sqlite3"
+from app.records.redact import redact
+from app.records.schema import calls, messages
+from app.records.writer import upsert_call
+
 MAX_MESSAGE_CHARS = 500
 MAX_NAME_CHARS = 100
 DEFAULT_REGION = "US"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    name TEXT NOT NULL,
-    callback_number TEXT NOT NULL,
-    message TEXT NOT NULL,
-    call_sid TEXT,
-    caller TEXT,
-    conversation_id TEXT
-);
-CREATE INDEX IF NOT EXISTS messages_created_at ON messages (created_at);
-"""
+WRITE_TIMEOUT_S = 5.0
 _DURATION = re.compile(r"^(\d{1,6})\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -52,6 +41,17 @@ def normalise_number(text: str, region: str = DEFAULT_REGION) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+def caller_number(text: str) -> str | None:
+    """A caller ID as +E.164 (Twilio sends it so), or None for anonymous, sip: or client: callers."""
+    text = text.strip()
+    if _E164.match(text):
+        return text
+    return normalise_number(text) if text and text[0] in "+0123456789(" else None
+
+
 def clean_text(text: str, limit: int) -> str:
     """One line of printable text, whitespace collapsed, at most `limit` characters."""
     printable = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
@@ -61,36 +61,37 @@ def clean_text(text: str, limit: int) -> str:
 @dataclass(frozen=True)
 class Message:
     id: int
-    created_at: str  # ISO 8601, UTC
+    created_at: datetime
     name: str
     callback_number: str
     message: str
     call_sid: str | None
     caller: str | None
     conversation_id: str | None
+    handled_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at.isoformat(timespec="seconds"),
+            "name": self.name,
+            "callback_number": self.callback_number,
+            "message": self.message,
+            "call_sid": self.call_sid,
+            "caller": self.caller,
+            "conversation_id": self.conversation_id,
+            "handled_at": self.handled_at.isoformat(timespec="seconds") if self.handled_at else None,
+        }
+
+
+_COLUMNS = [messages.c[name] for name in Message.__dataclass_fields__]
 
 
 class MessageStore:
-    """Writes are short and rare: one connection per operation, run in a thread by the caller."""
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
 
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / DB_NAME
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=5.0)) as db:
-            db.row_factory = sqlite3.Row
-            yield db
-
-    def open(self) -> None:
-        """Create the file and table if needed (raises OSError / sqlite3.Error if it cannot)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            db.commit()
-
-    def add(
+    async def add(
         self,
         *,
         name: str,
@@ -101,26 +102,48 @@ class MessageStore:
         conversation_id: str | None,
         now: datetime | None = None,
     ) -> Message:
-        """Store one message and commit it before returning."""
-        created = (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
-        row = (created, name, callback_number, message, call_sid, caller, conversation_id)
-        with self._connect() as db:
-            cursor = db.execute(
-                "INSERT INTO messages (created_at, name, callback_number, message, call_sid, caller, conversation_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
-            db.commit()
-            assert cursor.lastrowid is not None
-            return Message(cursor.lastrowid, *row)
+        """Store one message and commit it before returning (raises if it cannot)."""
+        row = {
+            "created_at": (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0),
+            "name": name,
+            "callback_number": callback_number,
+            "message": redact(message),
+            "call_sid": call_sid,
+            "caller": caller,
+            "conversation_id": conversation_id,
+        }
+        async with asyncio.timeout(WRITE_TIMEOUT_S), self.engine.begin() as conn:
+            new_id = (await conn.execute(insert(messages).values(**row).returning(messages.c.id))).scalar_one()
+            if call_sid is not None:
+                await upsert_call(conn, call_sid, {"messages": 1}, lambda _: {"messages": calls.c.messages + 1})
+        return Message(new_id, **row)
 
-    def since(self, when: datetime | None = None) -> list[Message]:
-        if not self.path.exists():
-            return []
-        after = (when or datetime.min.replace(tzinfo=UTC)).astimezone(UTC).isoformat(timespec="seconds")
-        with self._connect() as db:
-            rows = db.execute("SELECT * FROM messages WHERE created_at >= ? ORDER BY created_at, id", (after,))
-            return [Message(**dict(row)) for row in rows]
+    async def since(self, when: datetime | None = None, *, handled: bool | None = None) -> list[Message]:
+        """Messages from `when` on, oldest first; `handled` False/True keeps only open/handled ones."""
+        query = select(*_COLUMNS).order_by(messages.c.created_at, messages.c.id)
+        if when is not None:
+            query = query.where(messages.c.created_at >= when)
+        if handled is not None:
+            query = query.where(messages.c.handled_at.is_not(None) if handled else messages.c.handled_at.is_(None))
+        async with self.engine.connect() as conn:
+            return [Message(**row._mapping) for row in await conn.execute(query)]
+
+    async def newest(self, limit: int, before_id: int | None = None) -> list[Message]:
+        """Newest first, `limit` at a time, for the review page."""
+        query = select(*_COLUMNS).order_by(messages.c.id.desc()).limit(limit)
+        if before_id is not None:
+            query = query.where(messages.c.id < before_id)
+        async with self.engine.connect() as conn:
+            return [Message(**row._mapping) for row in await conn.execute(query)]
+
+    async def mark_handled(self, message_id: int, now: datetime | None = None) -> bool:
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id, messages.c.handled_at.is_(None))
+                .values(handled_at=now or datetime.now(UTC))
+            )
+        return bool(done.rowcount)
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -135,26 +158,3 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     except ValueError:
         raise ValueError(f"--since {text!r}: give a date like 2024-05-01 or a duration like 12h or 7d") from None
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def list_messages(data_dir: Path, since: str | None, as_json: bool, out: TextIO) -> int:
-    """`python -m app messages`: print the messages, oldest first. Returns the exit code."""
-    try:
-        when = parse_since(since) if since else None
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    messages = MessageStore(data_dir).since(when)
-    if as_json:
-        json.dump([asdict(m) for m in messages], out, indent=2)
-        out.write("\n")
-        return 0
-    if not messages:
-        print("No messages" + (f" since {when.isoformat(timespec='minutes')}" if when else "") + ".", file=out)
-    for m in messages:
-        print(
-            f"{m.created_at}  {m.name}  {m.callback_number}  (call {m.call_sid or '-'}, from {m.caller or '-'})",
-            file=out,
-        )
-        print(f"    {m.message}", file=out)
-    return 0

@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import re
 import time
+from datetime import UTC, datetime
 
 from quart import Blueprint, Response, request
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from app.calls.control import EndReason
 from app.observability import mask_digits
+from app.records.events import CallReceived, CallRefused
+from app.records.messages import caller_number
 from app.services import services
 from app.settings import Settings
 from app.telephony import call_token
@@ -101,10 +104,14 @@ async def incoming_call() -> Response | tuple[str, int]:
     if not _CALL_SID.fullmatch(call_sid):
         return "bad request\n", 400
     log_extra = {"call_sid": call_sid, "caller": mask_digits(caller)}
+    now = datetime.now(UTC)
+    svc.records.record(CallReceived(call_sid, caller_number(caller), now))
     if not telephony.bridge_configured:
         log.error("incoming call sent to the fallback: ElevenLabs is not configured", extra=log_extra)
+        svc.records.record(CallRefused(call_sid, "fallback", now))
         return _twiml(ended_twiml(settings, None))
     if not telephony.slots.reserve(call_sid):
+        svc.records.record(CallRefused(call_sid, "busy", now))
         svc.metrics.twilio_rejected.labels("busy").inc()
         log.warning("incoming call refused: %d calls already live", telephony.slots.live, extra=log_extra)
         return _twiml(busy_twiml(settings))

@@ -1,0 +1,144 @@
+"""Recording off the hot path: calls and turns go into a bounded buffer, and one writer task writes
+them in batches, one transaction each.
+
+`add` never waits and never raises: a call or a turn pays for appending to a deque. If the store is
+unreachable, the writer keeps the batch and retries with backoff while new records wait in the
+buffer; past its bound new records are dropped and counted (`switchboard_records_dropped_total`).
+On shutdown the buffer is flushed for a bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.observability import Metrics
+from app.records.events import RecordEvent, TurnDone
+from app.records.gaps import GapGrouper
+from app.records.writer import write
+
+log = logging.getLogger("switchboard.records")
+
+CAPACITY = 20_000  # records waiting; about 2 KB each at most
+BATCH = 200
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 15.0
+WRITE_TIMEOUT_S = 15.0
+FLUSH_TIMEOUT_S = 5.0
+
+
+class Recorder:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        metrics: Metrics,
+        gaps: GapGrouper | None,
+        *,
+        ready: asyncio.Event | None = None,
+        capacity: int = CAPACITY,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.gaps = gaps
+        self.capacity = capacity
+        self._ready = ready  # set once the schema is in place (the store retries until it is)
+        self._pending: deque[RecordEvent] = deque()
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()  # set while nothing is waiting to be written
+        self._drained.set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.written = 0
+
+    def add(self, event: RecordEvent) -> None:
+        if len(self._pending) >= self.capacity:
+            self.metrics.records_dropped.labels("buffer_full").inc()
+            return
+        self._pending.append(event)
+        self._drained.clear()
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="records-writer")
+
+    async def stop(self) -> None:
+        """Write what is buffered (bounded), then stop; what could not be written is counted."""
+        self._stopping = True
+        self._wake.set()
+        task = self._task
+        if task is not None:
+            if self._ready is None or self._ready.is_set():  # a store that never came up cannot be flushed to
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                        await asyncio.shield(task)
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._pending:
+            self.metrics.records_dropped.labels("shutdown").inc(len(self._pending))
+            log.warning("%d record(s) not written before shutdown", len(self._pending))
+            self._pending.clear()
+
+    async def flushed(self, timeout: float = 10.0) -> None:
+        """Wait until everything added so far is written (tests, the CLI's own process)."""
+        async with asyncio.timeout(timeout):
+            await self._drained.wait()
+
+    async def _run(self) -> None:
+        if self._ready is not None:
+            await self._ready.wait()
+        delay = RETRY_FIRST_S
+        while True:
+            if not self._pending:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
+            try:
+                await self._write(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.records_write_errors.inc()
+                if self.gaps is not None:
+                    self.gaps.forget()
+                log.warning("records not written, retrying in %.1f s: %s", delay, _why(exc))
+                if self._stopping:
+                    return
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            delay = RETRY_FIRST_S
+            for _ in batch:
+                self._pending.popleft()
+            self.written += len(batch)
+            self.metrics.records_written.inc(len(batch))
+            if not self._pending:
+                self._drained.set()
+
+    async def _write(self, batch: list[RecordEvent]) -> None:
+        if self.gaps is not None:
+            for event in batch:
+                if type(event) is TurnDone and event.unanswered and event.gap_vector is None:
+                    event.gap_vector = await asyncio.to_thread(self.gaps.encode, event.unanswered)
+        async with asyncio.timeout(WRITE_TIMEOUT_S), self.engine.begin() as conn:
+            for event in batch:
+                await write(conn, event, self.gaps)
+
+
+def _why(exc: BaseException) -> str:
+    """One line about a database error, without the SQL and parameters SQLAlchemy appends."""
+    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,173 @@
+"""The records store's tables: calls, their turns, the passages turns read, knowledge gaps and messages.
+
+SQLAlchemy Core, one definition for SQLite and PostgreSQL. The schema is created and upgraded by
+the Alembic revisions in `migrations/`; this module is what queries are written against, and a
+revision that changes a table changes it here too.
+
+Times are stored as timezone-aware UTC. A call's `outcome` is a stored generated column, so the
+calls list filters on an index instead of working out every call's outcome per page.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Computed,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    false,
+)
+from sqlalchemy.engine import Dialect
+
+metadata = MetaData()
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out: SQLite keeps no offset, so values are stored as UTC and read
+    back as UTC (which also keeps its text comparisons in time order)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("records store naive datetimes nowhere: pass an aware one")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Sqlite only makes an INTEGER PRIMARY KEY autoincrement; PostgreSQL's BIGINT identity for the rest.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+# Most telling first: a call that was transferred is "transferred" even if a question went unanswered.
+OUTCOME_SQL = (
+    "CASE WHEN transferred_to IS NOT NULL THEN 'transferred'"
+    " WHEN messages > 0 THEN 'message'"
+    " WHEN end_reason = 'fallback' THEN 'fallback'"
+    " WHEN unanswered > 0 THEN 'unanswered'"
+    " WHEN end_reason = 'busy' THEN 'busy'"
+    " ELSE 'answered' END"
+)
+OUTCOMES = ("answered", "transferred", "message", "fallback", "unanswered", "busy")
+
+calls = Table(
+    "calls",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("call_sid", String(64), nullable=False, unique=True),
+    Column("conversation_id", String(128)),
+    Column("caller", String(32)),  # +E.164, or NULL when Twilio gave no number (anonymous, sip:, client:)
+    Column("started_at", UtcDateTime()),  # the webhook
+    Column("answered_at", UtcDateTime()),  # the media stream and conversation are up
+    Column("ended_at", UtcDateTime()),
+    Column("duration_s", Float),
+    # caller_hung_up, agent_ended, transferred, max_duration, fallback, busy
+    Column("end_reason", String(32)),
+    Column("end_detail", String(64)),  # the bridge's own reason (upstream_unreachable, ...)
+    Column("transferred_to", String(32)),  # the department
+    Column("turns", Integer, nullable=False, server_default="0"),
+    Column("messages", Integer, nullable=False, server_default="0"),
+    Column("unanswered", Integer, nullable=False, server_default="0"),
+    Column("greeting", Text),
+    Column("outcome", String(16), Computed(OUTCOME_SQL, persisted=True)),
+    Index("calls_started", "started_at", "id"),
+    Index("calls_outcome_started", "outcome", "started_at", "id"),
+    Index("calls_conversation", "conversation_id"),
+)
+
+gaps = Table(
+    "gaps",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("example", Text, nullable=False),  # the first wording asked
+    Column("count", Integer, nullable=False, server_default="1"),
+    Column("first_asked_at", UtcDateTime(), nullable=False),
+    Column("last_asked_at", UtcDateTime(), nullable=False),
+    Column("handled_at", UtcDateTime()),  # cleared when the question is asked again
+    # The sum of the unit embeddings of every wording: its direction is the gap's centroid.
+    Column("vector", LargeBinary, nullable=False),
+    Index("gaps_last_asked", "last_asked_at"),
+)
+
+turns = Table(
+    "turns",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("call_sid", String(64)),  # NULL for a conversation without a call (make ask)
+    Column("conversation_id", String(128)),
+    Column("event_id", Integer),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("caller_text", Text, nullable=False),  # sanitised, secrets redacted
+    Column("agent_text", Text, nullable=False),  # what was sent to be spoken, secrets redacted
+    Column("interrupted", Boolean, nullable=False, server_default=false()),
+    Column("outcome", String(32), nullable=False),
+    Column("abstained", Boolean),
+    Column("fallback", String(64)),
+    Column("tools", JSON),  # [{"tool": ..., "decision": ...}]
+    Column("retrieval_ms", Float),
+    Column("llm_first_token_ms", Float),
+    Column("first_chunk_ms", Float),
+    Column("total_ms", Float),
+    Column("gap_id", Id, ForeignKey("gaps.id", ondelete="SET NULL")),
+    Index("turns_call", "call_sid", "id"),
+    Index("turns_conversation", "conversation_id", "id"),
+    Index("turns_started", "started_at"),
+    Index("turns_gap", "gap_id"),
+)
+
+passages = Table(
+    "passages",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the index's chunk id (a hash of its content)
+    Column("source", Text, nullable=False),
+    Column("headings", JSON, nullable=False),
+    Column("text", Text, nullable=False),
+)
+
+turn_sources = Table(
+    "turn_sources",
+    metadata,
+    Column("turn_id", Id, ForeignKey("turns.id", ondelete="CASCADE"), primary_key=True),
+    Column("rank", Integer, primary_key=True),
+    Column("passage_id", String(64), ForeignKey("passages.id"), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("similarity", Float, nullable=False),
+    Index("turn_sources_passage", "passage_id"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("callback_number", String(32), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("call_sid", String(64)),
+    Column("caller", String(32)),
+    Column("conversation_id", String(128)),
+    Column("handled_at", UtcDateTime()),
+    Column("legacy_id", Integer, unique=True),  # its id in the messages.sqlite3 it was carried over from
+    Index("messages_created", "created_at", "id"),
+)

@@ -1,0 +1,139 @@
+"""Writing record events: each one an upsert or insert, so they may arrive in any order and from
+any replica (a turn may be written before the replica holding the media stream records its call).
+
+Secrets are redacted here, before anything reaches the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.records.events import (
+    CallAnswered,
+    CallEnded,
+    CallReceived,
+    CallRefused,
+    CallTransferred,
+    RecordEvent,
+    TurnDone,
+)
+from app.records.gaps import GapGrouper
+from app.records.redact import redact
+from app.records.schema import calls, passages, turn_sources, turns
+
+
+def _insert(conn: AsyncConnection, table: Any) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+Updates = Callable[[Any], dict[str, Any]]
+
+
+async def upsert_call(
+    conn: AsyncConnection, call_sid: str, values: dict[str, Any], updates: Updates | None = None
+) -> None:
+    """Insert the call with `values`; if it exists, set `updates(excluded)` (default: the same values)."""
+    statement = _insert(conn, calls).values(call_sid=call_sid, **values)
+    set_ = updates(statement.excluded) if updates else {k: statement.excluded[k] for k in values}
+    await conn.execute(statement.on_conflict_do_update(index_elements=[calls.c.call_sid], set_=set_))
+
+
+def _first_start(excluded: Any) -> dict[str, Any]:
+    # The first time a call is heard of (the webhook) is when it started, whatever order events arrive in.
+    return {"started_at": func.coalesce(calls.c.started_at, excluded.started_at)}
+
+
+async def write(conn: AsyncConnection, event: RecordEvent, gaps: GapGrouper | None) -> None:
+    e: Any = event
+    kind = type(event)
+    if kind is TurnDone:
+        await _turn(conn, e, gaps)
+    elif kind is CallReceived:
+        await upsert_call(
+            conn,
+            e.call_sid,
+            {"caller": e.caller, "started_at": e.at},
+            lambda x: {"caller": x.caller, **_first_start(x)},
+        )
+    elif kind is CallRefused:
+        ended = {"ended_at": e.at, "duration_s": 0.0, "end_reason": e.reason}
+        await upsert_call(conn, e.call_sid, {"started_at": e.at, **ended}, lambda x: {**ended, **_first_start(x)})
+    elif kind is CallAnswered:
+        await upsert_call(
+            conn, e.call_sid, {"conversation_id": e.conversation_id, "answered_at": e.at, "greeting": e.greeting}
+        )
+    elif kind is CallTransferred:
+        await upsert_call(conn, e.call_sid, {"transferred_to": e.department})
+    elif kind is CallEnded:
+        values = {"ended_at": e.at, "duration_s": e.duration_s, "end_reason": e.reason, "end_detail": e.detail}
+        await upsert_call(conn, e.call_sid, values)
+
+
+async def _turn(conn: AsyncConnection, turn: TurnDone, gaps: GapGrouper | None) -> None:
+    call_sid = turn.call_sid
+    if call_sid is None and turn.conversation_id:
+        call_sid = (
+            await conn.execute(select(calls.c.call_sid).where(calls.c.conversation_id == turn.conversation_id))
+        ).scalar_one_or_none()
+    gap_id = None
+    if turn.unanswered and gaps is not None and turn.gap_vector is not None:
+        gap_id = await gaps.assign(conn, redact(turn.unanswered), turn.gap_vector, turn.started_at)
+    timings = turn.timings_ms
+    turn_id = (
+        await conn.execute(
+            insert(turns)
+            .values(
+                call_sid=call_sid,
+                conversation_id=turn.conversation_id,
+                event_id=turn.event_id,
+                started_at=turn.started_at,
+                caller_text=redact(turn.caller_text),
+                agent_text=redact(turn.agent_text),
+                interrupted=turn.interrupted,
+                outcome=turn.outcome,
+                abstained=turn.abstained,
+                fallback=turn.fallback,
+                tools=turn.tools or None,
+                retrieval_ms=timings.get("retrieval"),
+                llm_first_token_ms=timings.get("llm_first_token"),
+                first_chunk_ms=timings.get("first_chunk"),
+                total_ms=timings.get("total"),
+                gap_id=gap_id,
+            )
+            .returning(turns.c.id)
+        )
+    ).scalar_one()
+    if turn.sources:
+        await conn.execute(
+            _insert(conn, passages).on_conflict_do_nothing(index_elements=[passages.c.id]),
+            [
+                {"id": s.passage_id, "source": s.source, "headings": list(s.headings), "text": s.text}
+                for s in {s.passage_id: s for s in turn.sources}.values()
+            ],
+        )
+        await conn.execute(
+            insert(turn_sources),
+            [
+                {
+                    "turn_id": turn_id,
+                    "rank": rank,
+                    "passage_id": s.passage_id,
+                    "score": s.score,
+                    "similarity": s.similarity,
+                }
+                for rank, s in enumerate(turn.sources)
+            ],
+        )
+    if call_sid is not None:
+        await upsert_call(
+            conn,
+            call_sid,
+            {"turns": 1, "unanswered": int(gap_id is not None)},
+            lambda x: {"turns": calls.c.turns + 1, "unanswered": calls.c.unanswered + x.unanswered},
+        )

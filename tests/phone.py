@@ -1,0 +1,166 @@
+"""A phone call for tests: real Hypercorn on 127.0.0.1, the Twilio caller and REST API, the ElevenLabs
+conversation and Speech Engine stand-ins, and the OpenAI-compatible fake streaming tool calls.
+
+ElevenLabs' part is played by the test: the Speech Engine client carries the brain's text, and the
+conversation stand-in sends the audio that text would become, which the caller plays in real time
+and acknowledges with Twilio's marks. The fixtures `twilio_api` and `call_settings` are in conftest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from app.calls.control import CallControl
+from app.calls.registry import ActionTimings
+from app.configure import CALL_SID_HEADER
+from app.records.store import open_for_reading
+from app.settings import Settings
+from app.telephony.state import BridgeLimits
+from app.testing.fake_elevenlabs import FakeConversation, FakeElevenLabs
+from app.testing.fake_openai import FakeOpenAI
+from app.testing.fake_twilio_api import FakeTwilioApi
+from app.testing.live_server import LiveServer
+from app.testing.speech_engine import SpeechEngineClient
+from app.testing.twilio_caller import TwilioCaller, ulaw_frames
+from tests.conftest import API_KEY, PUBLIC_URL, SECRET, TWILIO_TOKEN
+
+UNLISTED = "+19005550199"
+FAST_BRIDGE = BridgeLimits(start_timeout=2, ready_timeout=2, send_timeout=1, close_timeout=1)
+FAST_ACTIONS = ActionTimings(
+    turn_timeout=5, line_start_timeout=5, settle=0.05, heard_timeout=5, audio_poll=0.01, close_timeout=5
+)
+
+
+class CallUpdates(list):
+    """The fake REST API's record of call updates, noting what the caller had heard at each one."""
+
+    def __init__(self, caller: TwilioCaller) -> None:
+        super().__init__()
+        self.caller = caller
+        self.heard: list[tuple[list[str], list[str], int]] = []  # (audio marks sent, marks echoed, media played)
+        self.changed = asyncio.Event()
+
+    def append(self, item: Any) -> None:
+        caller = self.caller
+        marks = [name for kind, name in caller.received if kind == "mark" and not name.startswith("flush-")]
+        self.heard.append((marks, list(caller.echoed), len(caller.media)))
+        super().append(item)
+        self.changed.set()
+
+    async def wait(self, count: int = 1, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@dataclass
+class Phone:
+    server: LiveServer
+    caller: TwilioCaller
+    conv: FakeConversation
+    client: SpeechEngineClient
+    api: FakeTwilioApi
+
+    @property
+    def svc(self) -> Any:
+        return self.server.app.extensions["switchboard"]
+
+    async def speak(self, seconds: float = 0.3, event_id: int = 1) -> list[str]:
+        """What ElevenLabs' TTS does with the agent's text: audio down the conversation socket."""
+        payloads = [base64.b64encode(frame).decode() for frame in ulaw_frames(seconds, frequency=330)]
+        for payload in payloads:
+            await self.conv.audio(payload, event_id)
+        return payloads
+
+    def counted(self, name: str, **labels: str) -> float:
+        return self.svc.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+@asynccontextmanager
+async def phone_call(
+    serve: Any, settings: dict[str, Any], fake: FakeElevenLabs, api: FakeTwilioApi, *, header: bool = True
+) -> AsyncIterator[Phone]:
+    """A call through the bridge, and the brain conversation ElevenLabs would open for it."""
+    async with serve(**settings) as server:
+        svc = server.app.extensions["switchboard"]
+        svc.telephony.limits = FAST_BRIDGE
+        svc.registry.timings = FAST_ACTIONS
+        async with TwilioCaller(server.http_url, PUBLIC_URL, TWILIO_TOKEN, realtime=True) as caller:
+            api.call_updates = CallUpdates(caller)
+            await caller.dial()
+            await caller.open_stream()
+            await caller.connected()
+            await caller.start()
+            conv = await fake.conversation()
+            assert await svc.registry.find(call_sid=caller.call_sid, timeout=5) is not None
+            headers = {CALL_SID_HEADER: caller.call_sid} if header else {}
+            async with await SpeechEngineClient.open(
+                f"{server.ws_url}/ws", api_key=API_KEY, shared_secret=SECRET, headers=headers
+            ) as client:
+                await client.init(conv.conversation_id)
+                yield Phone(server, caller, conv, client, api)
+
+
+async def messages_of(settings: dict[str, Any], call_sid: str) -> list[Any]:
+    """The messages saved on this call, read from the records store as `python -m app messages` does."""
+    store = await open_for_reading(Settings(_env_file=None, data_dir=settings["data_dir"]))
+    try:
+        return [m for m in await store.messages.since() if m.call_sid == call_sid]
+    finally:
+        await store.stop()
+
+
+def tool_names(request: Any) -> list[str]:
+    return [spec["function"]["name"] for spec in request.body.get("tools", [])]
+
+
+def tool_results(request: Any) -> list[dict[str, Any]]:
+    return [json.loads(m["content"]) for m in request.messages if m["role"] == "tool"]
+
+
+def dialled(form: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """The verbs, the dialled numbers and the dial actions of a redirect's TwiML."""
+    root = ET.fromstring(form["Twiml"])
+    dials = list(root.iter("Dial"))
+    return [c.tag for c in root], [(d.text or "").strip() for d in dials], [d.get("action", "") for d in dials]
+
+
+async def requests_made(fake: FakeOpenAI, count: int, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while len(fake.requests) < count:
+            fake.request_seen.clear()
+            if len(fake.requests) >= count:
+                break
+            await fake.request_seen.wait()
+
+
+class DigitsSeen:
+    """A call observer registered after the tools: once it has seen a digit, so have they."""
+
+    def __init__(self) -> None:
+        self.digits: list[str] = []
+        self.changed = asyncio.Event()
+
+    async def call_started(self, call: CallControl) -> None:
+        pass
+
+    async def call_ended(self, call: CallControl) -> None:
+        pass
+
+    def dtmf(self, call: CallControl, digit: str) -> None:
+        self.digits.append(digit)
+        self.changed.set()
+
+    async def wait(self, count: int, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.digits) < count:
+                self.changed.clear()
+                await self.changed.wait()

@@ -1,0 +1,49 @@
+"""Settings the first run writes, and the records store's URL."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import Settings, ensure_env_file
+
+EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+
+
+def values(env: Path) -> dict[str, str]:
+    return dict(re.findall(r"(?m)^([A-Z_]+)=(.*)$", env.read_text()))
+
+
+def test_the_first_run_writes_env_with_a_fresh_shared_secret_and_admin_password(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    assert ensure_env_file(env, EXAMPLE) == ["SHARED_SECRET", "ADMIN_PASSWORD"]
+    first = values(env)
+    assert len(first["SHARED_SECRET"]) >= 32 and len(first["ADMIN_PASSWORD"]) >= 32
+    assert first["SHARED_SECRET"] != first["ADMIN_PASSWORD"]
+    assert env.stat().st_mode & 0o777 == 0o600
+    assert ensure_env_file(env, EXAMPLE) == [] and values(env) == first  # later runs change nothing
+    other = tmp_path / "other.env"
+    ensure_env_file(other, EXAMPLE)
+    assert values(other)["ADMIN_PASSWORD"] != first["ADMIN_PASSWORD"]
+
+
+def test_an_env_from_before_the_review_page_gets_a_password_and_an_empty_one_stays_off(tmp_path: Path) -> None:
+    old = tmp_path / "old.env"
+    old.write_text("SHARED_SECRET=kept\nPORT=3001")
+    assert ensure_env_file(old, EXAMPLE) == ["ADMIN_PASSWORD"]
+    assert values(old)["SHARED_SECRET"] == "kept" and len(values(old)["ADMIN_PASSWORD"]) >= 32
+    off = tmp_path / "off.env"
+    off.write_text("SHARED_SECRET=kept\nADMIN_PASSWORD=\n")
+    assert ensure_env_file(off, EXAMPLE) == [] and values(off)["ADMIN_PASSWORD"] == ""
+
+
+def test_the_records_store_is_sqlite_in_data_dir_unless_database_url_names_postgresql(tmp_path: Path) -> None:
+    assert Settings(_env_file=None, data_dir=tmp_path).records_url == f"sqlite+aiosqlite:///{tmp_path}/records.sqlite3"
+    pg = Settings(_env_file=None, database_url="postgresql://sb:pw@db.example:5432/sb")
+    assert pg.records_url == "postgresql+asyncpg://sb:pw@db.example:5432/sb"
+    assert "pw" not in repr(pg) and "pw" not in str(pg.model_dump())
+    with pytest.raises(ValidationError, match="DATABASE_URL must be postgresql://"):
+        Settings(_env_file=None, database_url="mysql://db.example/sb")
