@@ -50,14 +50,16 @@ def test_recording_on_vs_off(tmp_path: Path) -> None:
     index_dir = big_index()
     data = Path("data").resolve()
     results = {}
-    for recording in ("false", "true", "false", "true"):  # interleaved, so drift hits both alike
+    for run, recording in enumerate(("false", "true", "false", "true")):  # interleaved: drift hits both alike
+        work = tmp_path / f"run{run}"
+        work.mkdir()
         env = {
             "INDEX_DIR": str(index_dir),
             "DATA_DIR": str(data),
             "RECORD_CALLS": recording,
-            "DATABASE_URL": f"sqlite:///{tmp_path / f'records-{recording}.sqlite3'}",
+            "DATABASE_URL": f"sqlite:///{work / 'records.sqlite3'}",
         }
-        with brain_server(tmp_path, env) as url:
+        with brain_server(work, env) as url:
             uvloop.run(run_load(url, 2))
             results.setdefault(recording, []).extend(uvloop.run(run_load(url, 20)))
     off, on = results["false"], results["true"]
