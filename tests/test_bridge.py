@@ -60,7 +60,7 @@ async def started_call(caller: TwilioCaller, fake: FakeElevenLabs, index: int = 
 async def ended(server: LiveServer, caller: TwilioCaller) -> EndReason | None:
     """The stream's recorded outcome, once the server has closed Twilio's socket."""
     await caller.wait_closed()
-    return telephony(server).outcomes.get(caller.call_sid)
+    return await telephony(server).outcomes.get(caller.call_sid)
 
 
 class Recorder:
@@ -108,7 +108,7 @@ async def test_audio_is_relayed_bit_exact_both_ways(serve, phone_settings, fake_
         await caller.wait_for(lambda: caller.echoed == [name for kind, name in caller.received if kind == "mark"])
         await caller.hang_up()
         await conv.wait_for(lambda: conv.closed)
-        outcome = telephony(server).outcomes.get(caller.call_sid)
+        outcome = await telephony(server).outcomes.get(caller.call_sid)
     assert len(sent) == 150 and conv.user_audio == sent
     assert caller.media == agent
     # The burst of agent audio is followed by a mark, which the caller echoed after playing it.
@@ -228,7 +228,7 @@ async def test_twilio_dropping_the_socket_closes_elevenlabs(serve, phone_setting
         await caller.aclose()  # no stop: the socket just goes away
         await conv.wait_for(lambda: conv.closed)
         await recorder.wait_for(lambda: recorder.ended)
-        outcome = telephony(server).outcomes.get(caller.call_sid)
+        outcome = await telephony(server).outcomes.get(caller.call_sid)
         active = metric(server, "switchboard_calls_active")
     assert outcome is EndReason.TWILIO_DROPPED and outcome.failed
     assert active == 0

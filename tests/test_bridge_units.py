@@ -7,10 +7,11 @@ import json
 
 import pytest
 
+from app.calls.admission import CallSlots
 from app.calls.control import CallControl, EndReason
+from app.calls.outcomes import StreamOutcomes
 from app.telephony import call_token
 from app.telephony import elevenlabs_frames as el
-from app.telephony.state import CallSlots, StreamOutcomes
 
 # --- the ElevenLabs codec ---------------------------------------------------------------------------
 
@@ -103,30 +104,30 @@ class Clock:
         return self.now
 
 
-def test_slots_reserve_claim_release_and_lapse() -> None:
+async def test_slots_reserve_claim_release_and_lapse() -> None:
     clock = Clock()
     slots = CallSlots(2, clock)
-    assert slots.reserve("CA1") and slots.reserve("CA2") and slots.reserve("CA1")
-    assert not slots.reserve("CA3")
-    assert slots.claim("CA1") and slots.live == 1
-    assert not slots.claim("CA1")  # a second stream for a live call
+    assert await slots.reserve("CA1") and await slots.reserve("CA2") and await slots.reserve("CA1")
+    assert not await slots.reserve("CA3")
+    assert await slots.claim("CA1") and slots.live == 1
+    assert not await slots.claim("CA1")  # a second stream for a live call
     clock.now += call_token.TTL_S + 1  # CA2 never streamed: its reservation lapses
-    assert slots.reserve("CA3")
-    assert not slots.reserve("CA4")
-    slots.release("CA1")
-    assert slots.reserve("CA4")
+    assert await slots.reserve("CA3")
+    assert not await slots.reserve("CA4")
+    await slots.release("CA1")
+    assert await slots.reserve("CA4")
 
 
-def test_outcomes_expire_and_stay_bounded() -> None:
+async def test_outcomes_expire_and_stay_bounded() -> None:
     clock = Clock()
     outcomes = StreamOutcomes(ttl_s=10, capacity=2, clock=clock)
-    outcomes.record("CA1", EndReason.AGENT_ENDED)
-    outcomes.record("CA2", EndReason.UPSTREAM_DROPPED)
-    assert outcomes.get("CA1") is EndReason.AGENT_ENDED
-    outcomes.record("CA3", EndReason.CALLER_HUNG_UP)
-    assert outcomes.get("CA1") is None  # evicted by capacity
+    await outcomes.record("CA1", EndReason.AGENT_ENDED)
+    await outcomes.record("CA2", EndReason.UPSTREAM_DROPPED)
+    assert await outcomes.get("CA1") is EndReason.AGENT_ENDED
+    await outcomes.record("CA3", EndReason.CALLER_HUNG_UP)
+    assert await outcomes.get("CA1") is None  # evicted by capacity
     clock.now = 11
-    assert outcomes.get("CA2") is None and outcomes.get("CA3") is None
+    assert await outcomes.get("CA2") is None and await outcomes.get("CA3") is None
 
 
 def test_failed_reasons() -> None:

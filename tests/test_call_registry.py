@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 from app.calls.control import CallControl, EndReason
-from app.calls.registry import CALL_LIMITS, MESSAGE_TOOL, TRANSFER_TOOL, ActionTimings, InProcessCallRegistry, Line
+from app.calls.registry import (
+    CALL_LIMITS,
+    END_TOOL,
+    MESSAGE_TOOL,
+    TRANSFER_TOOL,
+    ActionTimings,
+    CallAction,
+    InProcessCallRegistry,
+    Line,
+)
 
 FAST = ActionTimings(
     turn_timeout=5, line_start_timeout=5, settle=0.01, heard_timeout=5, audio_poll=0.005, close_timeout=5
@@ -85,110 +96,139 @@ async def test_limits_are_per_call_and_end_with_it() -> None:
     await calls.call_started(stream.control)
     live = calls.lookup(call_sid=SID)
     assert live is not None
-    assert [live.claim(MESSAGE_TOOL) for _ in range(4)] == [True, True, True, False]
-    assert live.claim(TRANSFER_TOOL) and not live.claim(TRANSFER_TOOL)
-    assert not live.claim("dial_anything")
+    assert [await live.claim(MESSAGE_TOOL) for _ in range(4)] == ["accepted"] * 3 + ["limit"]
+    assert await live.claim(TRANSFER_TOOL) == "accepted" and await live.claim(TRANSFER_TOOL) == "limit"
+    assert await live.claim(END_TOOL, conflicts=(TRANSFER_TOOL,)) == "conflict"
+    assert await live.claim("dial_anything") == "limit"
     assert live.used(MESSAGE_TOOL) == CALL_LIMITS[MESSAGE_TOOL] == 3
     # The same call found again (another conversation, another turn) has the same allowance left.
     again = await calls.find(conversation_id="conv_1")
-    assert again is live and not again.claim(MESSAGE_TOOL)
+    assert again is live and await again.claim(MESSAGE_TOOL) == "limit"
     stream.control.finish(EndReason.CALLER_HUNG_UP)
     other = Stream(OTHER_SID)
     await calls.call_started(other.control)
     fresh = calls.lookup(call_sid=OTHER_SID)
-    assert fresh is not None and fresh.claim(TRANSFER_TOOL)
-    assert not live.claim(MESSAGE_TOOL)  # ended: nothing more
+    assert fresh is not None and await fresh.claim(TRANSFER_TOOL) == "accepted"
+    assert await live.claim(TRANSFER_TOOL) == "limit"  # ended: nothing more
+
+
+class Actions:
+    """The registry's executor: records what it was asked to do, and can be held up."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[str, str]] = []
+        self.started = asyncio.Event()
+        self.acted = asyncio.Event()
+        self.release: asyncio.Event | None = None
+
+    async def __call__(self, call: Any, action: CallAction) -> None:
+        self.started.set()
+        if self.release is not None:
+            await self.release.wait()
+        self.done.append((call.call_sid, action.kind))
+        self.acted.set()
 
 
 async def test_action_runs_only_after_the_line_is_spoken_and_heard() -> None:
     calls = registry()
+    calls.executor = actions = Actions()
     stream = Stream()
     await calls.call_started(stream.control)
     live = calls.lookup(call_sid=SID)
     assert live is not None
-    events: list[str] = []
-    acted = asyncio.Event()
-
-    async def act() -> None:
-        events.append("acted")
-        acted.set()
-
-    line = Line(live.audio_progress)
-    live.after_line("test", line, act)
+    line = live.line()
+    live.after_line(CallAction("transfer", "sales"), line)
     await asyncio.sleep(0.05)
-    assert events == []  # the turn's text is still streaming
+    assert actions.done == []  # the turn's text is still streaming
     line.spoken.set()
     await asyncio.sleep(0.05)
-    assert events == []  # no audio of the line yet
+    assert actions.done == []  # no audio of the line yet
     mark = stream.play()
     await asyncio.sleep(0.05)
-    assert events == []  # playing, not yet heard
-    events.append("heard")
+    assert actions.done == []  # playing, not yet heard
     stream.control.mark_echoed(mark)
     async with asyncio.timeout(5):
-        await acted.wait()
-    assert events == ["heard", "acted"]
+        await actions.acted.wait()
+    assert actions.done == [(SID, "transfer")]
+    await calls.close()
+
+
+async def test_a_line_started_elsewhere_is_placed_by_its_wall_clock_time() -> None:
+    """The brain on another replica only knows when its turn began; the stream's history says where
+    the call's audio stood then, so audio already playing before the turn is not taken for its line."""
+    calls = registry()
+    calls.executor = actions = Actions()
+    stream = Stream()
+    await calls.call_started(stream.control)
+    live = calls.lookup(call_sid=SID)
+    assert live is not None
+    earlier = stream.play()  # the previous answer, still playing when the turn began
+    line = Line(None, at=time.time())
+    line.spoken.set()
+    await asyncio.sleep(0.01)
+    live.after_line(CallAction("end"), line)
+    stream.control.mark_echoed(earlier)
+    await asyncio.sleep(0.1)
+    assert actions.done == []  # the earlier audio was heard, but this line has not started
+    stream.control.mark_echoed(stream.play())
+    async with asyncio.timeout(5):
+        await actions.acted.wait()
+    assert actions.done == [(SID, "end")]
     await calls.close()
 
 
 async def test_a_line_without_audio_acts_after_a_bounded_wait() -> None:
     calls = InProcessCallRegistry(timings=ActionTimings(line_start_timeout=0.05, settle=0.01, audio_poll=0.005))
+    calls.executor = actions = Actions()
     stream = Stream()
     await calls.call_started(stream.control)
     live = calls.lookup(call_sid=SID)
     assert live is not None
-    acted = asyncio.Event()
-
-    async def act() -> None:
-        acted.set()
-
-    line = Line(live.audio_progress)
+    line = live.line()
     line.spoken.set()
-    live.after_line("test", line, act)
+    live.after_line(CallAction("end"), line)
     async with asyncio.timeout(5):
-        await acted.wait()
+        await actions.acted.wait()
     await calls.close()
 
 
 async def test_waiting_work_is_cancelled_when_the_call_ends() -> None:
     calls = registry()
+    calls.executor = actions = Actions()
     stream = Stream()
     await calls.call_started(stream.control)
     live = calls.lookup(call_sid=SID)
     assert live is not None
-    ran: list[str] = []
-
-    async def act() -> None:
-        ran.append("acted")
-
-    live.after_line("test", Line(live.audio_progress), act)
+    live.after_line(CallAction("end"), live.line())
     stream.control.finish(EndReason.CALLER_HUNG_UP)
     await calls.call_ended(stream.control)
-    live.after_line("late", None, act)  # the call is over: nothing is scheduled
+    live.after_line(CallAction("end"), None)  # the call is over: nothing is scheduled
     await calls.close()
-    assert ran == []
+    assert actions.done == []
 
 
 async def test_an_action_under_way_outlives_the_call_it_ends() -> None:
     """A transfer makes Twilio stop the stream while its REST request is still in flight."""
     calls = registry()
+    calls.executor = actions = Actions()
+    actions.release = asyncio.Event()
     stream = Stream()
     await calls.call_started(stream.control)
     live = calls.lookup(call_sid=SID)
     assert live is not None
-    started, release, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-    async def act() -> None:
-        started.set()
-        await release.wait()
-        finished.set()
-
-    live.after_line("transfer", None, act)
+    live.after_line(CallAction("transfer", "sales"), None)
     async with asyncio.timeout(5):
-        await started.wait()
+        await actions.started.wait()
     stream.control.finish(EndReason.CALLER_HUNG_UP)
     await calls.call_ended(stream.control)
-    assert not finished.is_set()
-    release.set()
+    assert actions.done == []
+    actions.release.set()
     await calls.close()
-    assert finished.is_set()
+    assert actions.done == [(SID, "transfer")]
+
+
+def test_actions_travel_as_json_and_garbage_is_refused() -> None:
+    action = CallAction("transfer", "sales", "Connecting you.")
+    assert CallAction.from_json(action.to_json()) == action
+    for garbage in ("", "{}", '{"kind": "dial", "department": "+1900"}', "[1]", '{"kind": null}'):
+        assert CallAction.from_json(garbage) is None

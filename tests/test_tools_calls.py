@@ -87,6 +87,7 @@ async def test_dtmf_zero_transfers_to_the_default_department_without_the_model(
         await phone.caller.dtmf("0")  # pressing again does not transfer twice
         await digits.wait(2)
         await phone.caller.hang_up()
+        await phone.svc.registry.close()  # the keypad's claims run on the registry's tasks
         refused = phone.counted("switchboard_tool_calls_total", tool="transfer_call", outcome="keypad_refused")
         # Twilio then runs the redirect's <Dial> and calls its action with how the dial went.
         (_, form), *_ = twilio_api.call_updates
@@ -123,7 +124,7 @@ async def test_goodbye_is_heard_then_the_stream_closes_and_the_connect_action_ha
         assert answer.text == goodbye
         audio = await phone.speak(0.4)
         assert await phone.caller.wait_closed() == 1000
-        outcome = phone.svc.telephony.outcomes.get(phone.caller.call_sid)
+        outcome = await phone.svc.telephony.outcomes.get(phone.caller.call_sid)
         action = await phone.caller.connect_action()
     marks = [name for kind, name in phone.caller.received if kind == "mark"]
     assert outcome is EndReason.REQUESTED

@@ -24,7 +24,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from app.brain.llm import ToolCall
 from app.calls.control import CallControl, EndReason
-from app.calls.registry import CALL_LIMITS, END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL, CallRegistry, Line, LiveCall
+from app.calls.registry import (
+    CALL_LIMITS,
+    END_TOOL,
+    MESSAGE_TOOL,
+    TRANSFER_TOOL,
+    CallAction,
+    CallRegistry,
+    Claim,
+    Line,
+    LiveCall,
+)
 from app.observability import Metrics, mask_digits
 from app.records.events import CallTransferred
 from app.records.messages import MAX_MESSAGE_CHARS, MAX_NAME_CHARS, clean_text, normalise_number
@@ -135,6 +145,19 @@ def _no(label: str, text: str) -> Outcome:
     return Outcome(label, json.dumps({"ok": False, "error": text}))
 
 
+def _refused(claimed: Claim, over_limit: str) -> Outcome:
+    """The tool result for a claim that was not granted."""
+    if claimed == "conflict":
+        return _no("conflict", "The call is already being transferred or ended.")
+    if claimed == "unavailable":
+        return _no(
+            "unavailable",
+            "That cannot be done right now (a system the call depends on is not reachable). Tell the caller, and "
+            "offer to take a message instead.",
+        )
+    return _no("limit", over_limit)
+
+
 def _describe(exc: ValidationError) -> str:
     """Which argument was wrong and why, short, without echoing the input back."""
     parts = []
@@ -167,6 +190,7 @@ class Toolbox:
         if actions.transfers:
             self.models[TRANSFER_TOOL] = _transfer_args(list(settings.transfer_targets))
         self._schemas = {name: _schema(name, model) for name, model in self.models.items()}
+        registry.executor = self.execute
         self._specs: dict[tuple[str, ...], list[dict[str, Any]]] = {}
 
     def conversation(self, call_sid: str | None) -> CallTools:
@@ -225,15 +249,28 @@ class Toolbox:
         if digit != KEYPAD_DIGIT or TRANSFER_TOOL not in self.models:
             return
         call = self.registry.lookup(call_sid=control.call_sid)
-        if call is None or call.used(END_TOOL) or not call.claim(TRANSFER_TOOL):
+        if call is None:
             self.count(TRANSFER_TOOL, "keypad_refused")
+            return
+        # Claiming may ask the shared store: off the audio path, on the call's own task.
+        self.registry.run_action(self._keypad(call), f"keypad-{call.call_sid}")
+
+    async def _keypad(self, call: LiveCall) -> None:
+        claimed = await call.claim(TRANSFER_TOOL, conflicts=(END_TOOL,))
+        if claimed != "accepted":
+            self.count(TRANSFER_TOOL, "keypad_refused" if claimed != "unavailable" else "unavailable")
             return
         department = next(iter(self.settings.transfer_targets))
         self.count(TRANSFER_TOOL, "keypad")
         log.info("keypad 0: transferring to %s", department, extra={"call_sid": call.call_sid})
-        call.after_line(
-            "keypad-transfer", None, lambda: self.transfer(call, department, f"Connecting you to {department} now.")
-        )
+        call.after_line(CallAction("transfer", department, f"Connecting you to {department} now."), None)
+
+    async def execute(self, call: LiveCall, action: CallAction) -> None:
+        """Carry out an action on a call whose media stream is in this process (the registry's executor)."""
+        if action.kind == "end":
+            await self.hang_up(call)
+        elif action.department in self.settings.transfer_targets:
+            await self.transfer(call, action.department, action.say)
 
 
 class CallTools:
@@ -271,7 +308,7 @@ class CallTools:
         call = await self._bind()
         self._acting = None
         self.unanswered = None
-        self._line = Line(call.audio_progress) if call is not None else None
+        self._line = call.line() if call is not None else None
         messages_left = (
             call.used(MESSAGE_TOOL) < CALL_LIMITS[MESSAGE_TOOL]
             if call is not None
@@ -340,9 +377,9 @@ class CallTools:
         except ValidationError as exc:
             return _no("invalid_arguments", _describe(exc))
         if call.name == TRANSFER_TOOL:
-            return self._transfer(args.department)  # type: ignore[attr-defined]
+            return await self._transfer(args.department)  # type: ignore[attr-defined]
         if call.name == END_TOOL:
-            return self._end()
+            return await self._end()
         if call.name == GAP_TOOL:
             return self._gap(args.question)  # type: ignore[attr-defined]
         return await self._message(args)  # type: ignore[arg-type]
@@ -356,29 +393,27 @@ class CallTools:
             "that information and offer to take a message or to transfer them; otherwise say nothing more."
         )
 
-    def _transfer(self, department: str) -> Outcome:
+    async def _transfer(self, department: str) -> Outcome:
         call = self._call
         assert call is not None
-        if call.used(END_TOOL):
-            return _no("conflict", "The call is already ending.")
-        if not call.claim(TRANSFER_TOOL):
-            return _no("limit", "The caller has already been transferred once on this call.")
+        claimed = await call.claim(TRANSFER_TOOL, conflicts=(END_TOOL,))
+        if claimed != "accepted":
+            return _refused(claimed, "The caller has already been transferred once on this call.")
         self._acting = TRANSFER_TOOL
-        call.after_line("transfer", self._line, lambda: self.box.transfer(call, department))
+        call.after_line(CallAction("transfer", department), self._line)
         return _ok(
             f"The caller will be transferred to {department} as soon as they have heard you. If you have not told "
             "them yet, say so in one short sentence now; otherwise say nothing more."
         )
 
-    def _end(self) -> Outcome:
+    async def _end(self) -> Outcome:
         call = self._call
         assert call is not None
-        if call.used(TRANSFER_TOOL):
-            return _no("conflict", "The call is already being transferred.")
-        if not call.claim(END_TOOL):
-            return _no("limit", "The call is already ending.")
+        claimed = await call.claim(END_TOOL, conflicts=(TRANSFER_TOOL,))
+        if claimed != "accepted":
+            return _refused(claimed, "The call is already ending.")
         self._acting = END_TOOL
-        call.after_line("end-call", self._line, lambda: self.box.hang_up(call))
+        call.after_line(CallAction("end"), self._line)
         return _ok(
             "The call will end once the caller has heard you. If you have not said goodbye yet, say it in one "
             "short sentence now; otherwise say nothing more."
@@ -399,8 +434,9 @@ class CallTools:
                 return _no("invalid_number", "That callback number is not a valid phone number. Ask the caller again.")
             return _no("invalid_number", "Ask the caller for a callback number.")
         if call is not None:
-            if not call.claim(MESSAGE_TOOL):
-                return _no("limit", "Three messages have already been taken on this call; no more can be saved.")
+            claimed = await call.claim(MESSAGE_TOOL)
+            if claimed != "accepted":
+                return _refused(claimed, "Three messages have already been taken on this call; no more can be saved.")
         elif self._messages_without_call >= CALL_LIMITS[MESSAGE_TOOL]:
             return _no("limit", "Three messages have already been taken in this conversation.")
         else:

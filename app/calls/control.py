@@ -13,9 +13,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
+
+PROGRESS_HISTORY = 64
 
 
 class EndReason(enum.StrEnum):
@@ -79,6 +83,8 @@ class CallControl:
         self._unmarked = False
         self._heard = asyncio.Event()
         self._heard.set()
+        # When audio_progress last grew (the newest few), so a baseline can be taken after the fact.
+        self._progress_times: deque[float] = deque(maxlen=PROGRESS_HISTORY)
 
     # --- for tools ------------------------------------------------------------------------
 
@@ -139,11 +145,16 @@ class CallControl:
 
     # --- for the bridge -------------------------------------------------------------------
 
+    def progress_at(self, when: float) -> int:
+        """`audio_progress` as it was at wall-clock time `when` (a turn on another replica started then)."""
+        return self.audio_progress - sum(1 for at in self._progress_times if at > when)
+
     def audio_sent(self) -> None:
         """A chunk of agent audio went to Twilio (called per chunk: keep it cheap)."""
         if not self._unmarked:
             self._unmarked = True
             self._heard.clear()
+            self._progress_times.append(time.time())
 
     @property
     def unmarked_audio(self) -> bool:

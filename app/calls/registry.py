@@ -5,23 +5,25 @@ from the `x-call-sid` header (when `make configure` set it up) and the conversat
 Bridge and brain hear about a call in either order, so a lookup may wait a bounded time.
 
 Per-call tool limits live on the call, not on a brain conversation, so no number of conversations
-or turns can exceed them. Work that waits for the caller to hear a line and then acts belongs to
-the call: the wait is cancelled when the call ends; an action already sent to Twilio is allowed to
-finish (bounded) and is awaited when the registry closes.
+or turns can exceed them; a claim is atomic. Actions (transfer, hang up) are values: they are
+carried out where the call's media stream is, once the caller has heard the line that announced
+them, by the executor the tools register. The wait is cancelled when the call ends; an action
+already sent to Twilio is allowed to finish (bounded) and is awaited when the registry closes.
 
-In-process by default. `CallRegistry` and `LiveCall` are the seam for several replicas: a shared
-store (Redis) would keep both keys and the limit counters (atomic increments), and hand transfer
-and hang-up requests to the replica that holds the call's media stream.
+This module is the registry of one process; `app.calls.shared` keeps the same state in Redis so the
+brain on one replica can act on a call whose media stream another replica holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
 
 from app.calls.control import CallControl, EndReason
 
@@ -32,6 +34,9 @@ END_TOOL = "end_call"
 MESSAGE_TOOL = "take_message"
 # One transfer, one hang-up, three messages per call, however they are asked for.
 CALL_LIMITS: Mapping[str, int] = {TRANSFER_TOOL: 1, END_TOOL: 1, MESSAGE_TOOL: 3}
+
+# What a claim on a call's allowance came to.
+Claim = Literal["accepted", "limit", "conflict", "unavailable"]
 
 
 @dataclass(frozen=True)
@@ -49,19 +54,41 @@ class ActionTimings:
 
 @dataclass
 class Line:
-    """What the agent says in the turn that asked for an action: its audio has started once the
-    call's `audio_progress` passes `since`; `spoken` is set once the turn's text has all gone out
-    (or the turn ended)."""
+    """What the agent says in the turn that asked for an action. Its audio has started once the
+    call's `audio_progress` passes `since` (taken where the stream is; None until known there), the
+    turn having started at wall-clock `at`; `spoken` is set once the turn's text has all gone out."""
 
-    since: int
+    since: int | None
+    at: float = field(default_factory=time.time)
     spoken: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-Action = Callable[[], Awaitable[None]]
+@dataclass(frozen=True)
+class CallAction:
+    """Something to do to a call once its line is heard: `transfer` to a department, or `end` it."""
+
+    kind: Literal["transfer", "end"]
+    department: str | None = None
+    say: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> CallAction | None:
+        try:
+            data = json.loads(text)
+            action = cls(data["kind"], data.get("department"), data.get("say"))
+        except (ValueError, KeyError, TypeError):
+            return None
+        return action if action.kind in ("transfer", "end") else None
+
+
+Executor = Callable[["LiveCall", CallAction], Awaitable[None]]
 
 
 class LiveCall(Protocol):
-    """A live call as tools see it."""
+    """A live call as tools see it, wherever its media stream is."""
 
     call_sid: str
     caller: str
@@ -72,18 +99,17 @@ class LiveCall(Protocol):
     @property
     def ended(self) -> bool: ...
 
-    @property
-    def audio_progress(self) -> int:
-        """Grows whenever agent audio goes out to the caller (see `Line`)."""
+    def line(self) -> Line:
+        """Where the audio of a turn starting now begins."""
 
     def used(self, tool: str) -> int:
-        """How many times `tool` has been claimed on this call."""
+        """How many times `tool` has been claimed on this call (as far as this process knows)."""
 
-    def claim(self, tool: str) -> bool:
-        """Use one of the call's allowance for `tool`; False once the limit is reached."""
+    async def claim(self, tool: str, conflicts: Sequence[str] = ()) -> Claim:
+        """Use one of the call's allowance for `tool`, unless a conflicting tool was used."""
 
-    def after_line(self, name: str, line: Line | None, action: Action) -> None:
-        """Run `action` once the caller has heard `line` (at once for None), unless the call ends first."""
+    def after_line(self, action: CallAction, line: Line | None) -> None:
+        """Carry `action` out once the caller has heard `line` (at once for None), unless the call ends first."""
 
     def end(self, reason: EndReason = EndReason.REQUESTED) -> None:
         """Close the media stream; Twilio then runs the Connect action."""
@@ -92,27 +118,58 @@ class LiveCall(Protocol):
 class CallRegistry(Protocol):
     """Live calls by call SID and by conversation id."""
 
+    executor: Executor | None
+
     def lookup(self, *, call_sid: str | None = None, conversation_id: str | None = None) -> LiveCall | None:
-        """The live call with this SID (preferred) or conversation id, if known right now."""
+        """The call with this SID (preferred) or conversation id whose media stream is in this process."""
 
     async def find(
         self, *, call_sid: str | None = None, conversation_id: str | None = None, timeout: float = 0.0
     ) -> LiveCall | None:
         """The live call with this SID (preferred) or conversation id, waiting up to `timeout` for it."""
 
+    def run_action(self, action: Coroutine[Any, Any, None], name: str) -> None:
+        """Run work on a call that must not be cut short when the call ends; awaited at `close`."""
+
     async def close(self) -> None:
         """Cancel outstanding waits and finish (bounded) actions already under way."""
+
+
+class Limits(Protocol):
+    """A call's tool allowance: in this process, or shared between replicas."""
+
+    def used(self, tool: str) -> int: ...
+
+    async def claim(self, tool: str, conflicts: Sequence[str]) -> Claim: ...
+
+
+class LocalLimits:
+    def __init__(self, limits: Mapping[str, int]) -> None:
+        self.limits = limits
+        self._used: dict[str, int] = {}
+
+    def used(self, tool: str) -> int:
+        return self._used.get(tool, 0)
+
+    async def claim(self, tool: str, conflicts: Sequence[str]) -> Claim:
+        if any(self._used.get(other) for other in conflicts):
+            return "conflict"
+        used = self._used.get(tool, 0)
+        if used >= self.limits.get(tool, 0):
+            return "limit"
+        self._used[tool] = used + 1
+        return "accepted"
 
 
 class LocalCall:
     """A call whose media stream this process holds."""
 
-    def __init__(self, registry: InProcessCallRegistry, control: CallControl) -> None:
+    def __init__(self, registry: InProcessCallRegistry, control: CallControl, limits: Limits) -> None:
         self.control = control
         self.call_sid = control.call_sid
         self.caller = control.caller
+        self.limits = limits
         self._registry = registry
-        self._used: dict[str, int] = {}
         self._waits: set[asyncio.Task[None]] = set()
 
     @property
@@ -123,40 +180,42 @@ class LocalCall:
     def ended(self) -> bool:
         return self.control.ended.is_set()
 
-    @property
-    def audio_progress(self) -> int:
-        return self.control.audio_progress
-
-    def claim(self, tool: str) -> bool:
-        used = self._used.get(tool, 0)
-        if self.ended or used >= self._registry.limits.get(tool, 0):
-            return False
-        self._used[tool] = used + 1
-        return True
+    def line(self) -> Line:
+        return Line(self.control.audio_progress)
 
     def used(self, tool: str) -> int:
-        return self._used.get(tool, 0)
+        return self.limits.used(tool)
 
-    def after_line(self, name: str, line: Line | None, action: Action) -> None:
+    async def claim(self, tool: str, conflicts: Sequence[str] = ()) -> Claim:
+        if self.ended:
+            return "limit"
+        return await self.limits.claim(tool, conflicts)
+
+    def after_line(self, action: CallAction, line: Line | None) -> None:
         if self.ended:
             return
-        task = asyncio.get_running_loop().create_task(self._after(line, action), name=f"{name}-{self.call_sid}")
+        name = f"{action.kind}-{self.call_sid}"
+        task = asyncio.get_running_loop().create_task(self._after(line, action), name=name)
         self._waits.add(task)
         task.add_done_callback(self._waits.discard)
 
     def end(self, reason: EndReason = EndReason.REQUESTED) -> None:
         self.control.end(reason)
 
-    async def _after(self, line: Line | None, action: Action) -> None:
+    async def _after(self, line: Line | None, action: CallAction) -> None:
         if line is not None:
             heard = await self._heard(line)
             if self.ended:
                 return
             if not heard:
                 log.info("acting without confirmation that the line was heard", extra={"call_sid": self.call_sid})
+        executor = self._registry.executor
+        if executor is None:
+            log.error("no executor for call actions; %s dropped", action.kind, extra={"call_sid": self.call_sid})
+            return
         # From here the action belongs to the registry: the call ending (which a transfer causes)
         # must not cut a REST request in half.
-        self._registry.run_action(action(), f"action-{self.call_sid}")
+        self._registry.run_action(executor(self, action), f"action-{self.call_sid}")
 
     async def _heard(self, line: Line) -> bool:
         timings = self._registry.timings
@@ -164,11 +223,12 @@ class LocalCall:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timings.turn_timeout):
                 await line.spoken.wait()
+        since = line.since if line.since is not None else control.progress_at(line.at)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timings.line_start_timeout):
                 # Polled: the bridge's per-chunk path stays free of wake-ups, and this runs only
                 # while an action waits.
-                while control.audio_progress <= line.since and not self.ended:  # noqa: ASYNC110
+                while control.audio_progress <= since and not self.ended:  # noqa: ASYNC110
                     await asyncio.sleep(timings.audio_poll)
         return await control.wait_heard(settle=timings.settle, timeout=timings.heard_timeout)
 
@@ -186,6 +246,7 @@ class InProcessCallRegistry:
     def __init__(self, limits: Mapping[str, int] = CALL_LIMITS, timings: ActionTimings | None = None) -> None:
         self.limits = dict(limits)
         self.timings = timings or ActionTimings()
+        self.executor: Executor | None = None
         self._by_sid: dict[str, LocalCall] = {}
         self._by_conversation: dict[str, LocalCall] = {}
         self._waiters: dict[str, list[asyncio.Future[LocalCall]]] = {}
@@ -193,6 +254,10 @@ class InProcessCallRegistry:
 
     def __len__(self) -> int:
         return len(self._by_sid)
+
+    @property
+    def calls(self) -> list[LocalCall]:
+        return list(self._by_sid.values())
 
     def get(self, call_sid: str) -> LocalCall | None:
         return self._by_sid.get(call_sid)
@@ -206,7 +271,7 @@ class InProcessCallRegistry:
 
     async def find(
         self, *, call_sid: str | None = None, conversation_id: str | None = None, timeout: float = 0.0
-    ) -> LocalCall | None:
+    ) -> LiveCall | None:
         found = self.lookup(call_sid=call_sid, conversation_id=conversation_id)
         key = _key(call_sid, conversation_id)
         if found is not None or key is None or timeout <= 0:
@@ -224,6 +289,10 @@ class InProcessCallRegistry:
                 waiters.remove(waiter)
             if not waiters:
                 self._waiters.pop(key, None)
+
+    def limits_for(self, call_sid: str) -> Limits:
+        """A new call's allowance (the shared registry keeps it in Redis instead)."""
+        return LocalLimits(self.limits)
 
     def run_action(self, action: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(action, name=name)
@@ -248,7 +317,7 @@ class InProcessCallRegistry:
     # --- CallObserver ------------------------------------------------------------------------
 
     async def call_started(self, call: CallControl) -> None:
-        live = LocalCall(self, call)
+        live = LocalCall(self, call, self.limits_for(call.call_sid))
         self._by_sid[call.call_sid] = live
         if call.conversation_id:
             self._by_conversation[call.conversation_id] = live

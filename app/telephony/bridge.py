@@ -168,7 +168,7 @@ class Relay:
 
     async def run(self) -> None:
         start = await self._wait_for_start()
-        if start is None or not self._admit(start):
+        if start is None or not await self._admit(start):
             await self._close_twilio(POLICY_VIOLATION)
             return
         call = self.call
@@ -199,8 +199,8 @@ class Relay:
 
     async def _finish(self, call: CallControl, reason: EndReason, seconds: float) -> None:
         telephony = self.telephony
-        telephony.outcomes.record(call.call_sid, reason)
-        telephony.slots.release(call.call_sid)
+        # Before Twilio's socket closes: the Connect action it posts next reads this.
+        await self._shared(telephony.outcomes.record(call.call_sid, reason), "outcome")
         self._count(reason, seconds)
         await self._close_upstream()
         await self._close_twilio(NORMAL_CLOSURE)  # nothing to do if Twilio has already gone
@@ -221,6 +221,7 @@ class Relay:
         )
         for observer in list(telephony.observers):
             await self._notify(observer.call_ended(call), "call_ended")
+        await self._shared(telephony.slots.release(call.call_sid), "release")
 
     def _count(self, reason: EndReason, seconds: float) -> None:
         metrics = self.metrics
@@ -236,6 +237,14 @@ class Relay:
             metrics.dropped_frames.labels("twilio", "buffer_full").inc(self.held_dropped)
         if self.stale_dropped:
             metrics.dropped_frames.labels("elevenlabs", "interrupted").inc(self.stale_dropped)
+
+    async def _shared(self, work: Any, what: str) -> None:
+        """Shared call state at a call's start or end: bounded, and its failure never the call's."""
+        try:
+            async with asyncio.timeout(self.limits.observer_timeout):
+                await work
+        except Exception as exc:
+            log.warning("call state not updated (%s): %s", what, exc or type(exc).__name__)
 
     async def _notify(self, callback: Any, what: str) -> None:
         try:
@@ -267,7 +276,7 @@ class Relay:
         except TwilioGone:
             return None
 
-    def _admit(self, start: Start) -> bool:
+    async def _admit(self, start: Start) -> bool:
         settings = self.telephony.settings
         params = start.custom_parameters
         caller = params.get("caller", "")
@@ -277,13 +286,23 @@ class Relay:
             self.metrics.twilio_rejected.labels("call_token").inc()
             log.warning("media stream refused: bad or expired call token", extra=extra)
             return False
-        if not self.telephony.slots.claim(start.call_sid):
+        if not await self._claim(start.call_sid):
             self.metrics.twilio_rejected.labels("stream_busy").inc()
             log.warning("media stream refused: call already streaming, or no free slot", extra=extra)
             return False
         self.out = twilio_frames.Outgoing(start.stream_sid)
         self.call = CallControl(start.call_sid, start.stream_sid, caller, self._send_mark)
         return True
+
+    async def _claim(self, call_sid: str) -> bool:
+        """The stream takes the slot its webhook reserved. If the shared store cannot say, the call
+        goes on: its webhook admitted it and its token is valid."""
+        try:
+            async with asyncio.timeout(self.limits.observer_timeout):
+                return await self.telephony.slots.claim(call_sid)
+        except Exception as exc:
+            log.warning("admission not checked (%s): the call goes on", exc or type(exc).__name__)
+            return True
 
     def _hold(self, payload: str) -> None:
         if len(self.held) == self.held.maxlen:

@@ -1,28 +1,24 @@
-"""The Twilio side's state in one process: admission slots, how each stream ended, the ElevenLabs
-client for signed URLs, the bridge's limits, and the observers told about every call.
+"""The Twilio side's state: admission slots, how each stream ended, the ElevenLabs client for
+signed URLs, the bridge's limits, and the observers told about every call.
 
-Opened in `before_serving` and closed in `after_serving` through `Services`. Everything here is
-in-process; with several replicas, admission is per replica and a stream's outcome is known to the
-replica that carried it (Twilio calls the Connect action on the same public URL, so put sticky
-sessions, or a shared store behind `StreamOutcomes`, in front of more than one).
+Opened in `before_serving` and closed in `after_serving` through `Services`, which swaps in the
+shared (Redis) admission and outcomes when REDIS_URL is set.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 import httpx
 from elevenlabs.client import AsyncElevenLabs
 
-from app.calls.control import CallObserver, EndReason
+from app.calls.admission import Admission, CallSlots
+from app.calls.control import CallObserver
+from app.calls.outcomes import Outcomes, StreamOutcomes
 from app.observability import Metrics
 from app.settings import Settings
-from app.telephony.call_token import TTL_S
 
 log = logging.getLogger("switchboard.telephony")
 
@@ -40,84 +36,13 @@ class BridgeLimits:
     max_call_seconds: float = 900.0  # MAX_CALL_SECONDS
 
 
-class CallSlots:
-    """Admission control: the webhook reserves a slot, the stream claims it, the end releases it.
-
-    A reservation that no stream claims lapses with the call token (TTL_S).
-    """
-
-    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self._clock = clock
-        self._reserved: dict[str, float] = {}
-        self._live: set[str] = set()
-
-    @property
-    def live(self) -> int:
-        return len(self._live)
-
-    def _purge(self) -> None:
-        now = self._clock()
-        for sid in [sid for sid, deadline in self._reserved.items() if deadline < now]:
-            del self._reserved[sid]
-
-    def reserve(self, call_sid: str) -> bool:
-        self._purge()
-        if call_sid in self._reserved or call_sid in self._live:
-            return True
-        if len(self._reserved) + len(self._live) >= self.limit:
-            return False
-        self._reserved[call_sid] = self._clock() + TTL_S
-        return True
-
-    def claim(self, call_sid: str) -> bool:
-        """Turn a reservation into a live call. False for a second stream of a live call, or when
-        full and this call was never reserved here."""
-        self._purge()
-        if call_sid in self._live:
-            return False
-        if self._reserved.pop(call_sid, None) is None and len(self._reserved) + len(self._live) >= self.limit:
-            return False
-        self._live.add(call_sid)
-        return True
-
-    def release(self, call_sid: str) -> None:
-        self._live.discard(call_sid)
-
-
-class StreamOutcomes:
-    """How each call's stream ended, kept long enough for Twilio's Connect action to ask."""
-
-    def __init__(self, ttl_s: float = 600.0, capacity: int = 10_000, clock: Callable[[], float] = time.monotonic):
-        self._ttl = ttl_s
-        self._capacity = capacity
-        self._clock = clock
-        self._ended: OrderedDict[str, tuple[EndReason, float]] = OrderedDict()
-
-    def record(self, call_sid: str, reason: EndReason) -> None:
-        self._ended[call_sid] = (reason, self._clock() + self._ttl)
-        self._ended.move_to_end(call_sid)
-        while len(self._ended) > self._capacity:
-            self._ended.popitem(last=False)
-
-    def get(self, call_sid: str) -> EndReason | None:
-        now = self._clock()
-        while self._ended:
-            oldest, (_, deadline) = next(iter(self._ended.items()))
-            if deadline >= now:
-                break
-            del self._ended[oldest]
-        entry = self._ended.get(call_sid)
-        return entry[0] if entry is not None else None
-
-
 class Telephony:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.limits = BridgeLimits(max_call_seconds=settings.max_call_seconds)
-        self.slots = CallSlots(settings.max_concurrent_calls)
-        self.outcomes = StreamOutcomes()
+        self.slots: Admission = CallSlots(settings.max_concurrent_calls)
+        self.outcomes: Outcomes = StreamOutcomes()
         self.observers: list[CallObserver] = []
         self.elevenlabs: AsyncElevenLabs | None = None
         self._http: httpx.AsyncClient | None = None

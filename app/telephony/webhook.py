@@ -7,6 +7,7 @@ TwiML is built only with the twilio helper library.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -25,6 +26,7 @@ from app.telephony import call_token
 from app.telephony.bridge import STREAM_PATH
 from app.telephony.call_actions import DIAL_ACTION_PATH, after_dial_twiml
 from app.telephony.signatures import public_url, raw_path, stream_url, valid_signature
+from app.telephony.state import Telephony
 
 log = logging.getLogger("switchboard.twilio")
 twilio_webhook = Blueprint("twilio_webhook", __name__)
@@ -32,6 +34,7 @@ twilio_webhook = Blueprint("twilio_webhook", __name__)
 INCOMING_PATH = "/incoming-call"
 ACTION_PATH = "/connect-action"
 _CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
+SHARED_TIMEOUT_S = 1.0
 
 
 def _twiml(response: VoiceResponse) -> Response:
@@ -86,6 +89,25 @@ async def _signed_form() -> object | None:
     return form if valid_signature(settings, [url], form, request.headers) else None
 
 
+async def _reserve(telephony: Telephony, call_sid: str) -> bool:
+    """A slot for the call; none when every slot is taken, or the shared store cannot say."""
+    try:
+        async with asyncio.timeout(SHARED_TIMEOUT_S):
+            return await telephony.slots.reserve(call_sid)
+    except Exception as exc:
+        log.warning("admission unavailable: %s", exc or type(exc).__name__, extra={"call_sid": call_sid})
+        return False
+
+
+async def _outcome(telephony: Telephony, call_sid: str) -> EndReason | None:
+    try:
+        async with asyncio.timeout(SHARED_TIMEOUT_S):
+            return await telephony.outcomes.get(call_sid)
+    except Exception as exc:
+        log.warning("stream outcome unavailable: %s", exc or type(exc).__name__, extra={"call_sid": call_sid})
+        return None
+
+
 def _refuse(reason: str) -> tuple[str, int]:
     services().metrics.twilio_rejected.labels(reason).inc()
     log.warning("Twilio webhook refused: %s", reason, extra={"path": request.path})
@@ -110,7 +132,7 @@ async def incoming_call() -> Response | tuple[str, int]:
         log.error("incoming call sent to the fallback: ElevenLabs is not configured", extra=log_extra)
         svc.records.record(CallRefused(call_sid, "fallback", now))
         return _twiml(ended_twiml(settings, None))
-    if not telephony.slots.reserve(call_sid):
+    if not await _reserve(telephony, call_sid):
         svc.records.record(CallRefused(call_sid, "busy", now))
         svc.metrics.twilio_rejected.labels("busy").inc()
         log.warning("incoming call refused: %d calls already live", telephony.slots.live, extra=log_extra)
@@ -128,7 +150,7 @@ async def connect_action() -> Response | tuple[str, int]:
     if form is None:
         return _refuse("action_signature")
     call_sid = form.get("CallSid", "")
-    reason = svc.telephony.outcomes.get(call_sid) if _CALL_SID.fullmatch(call_sid) else None
+    reason = await _outcome(svc.telephony, call_sid) if _CALL_SID.fullmatch(call_sid) else None
     log.info("connect action: stream ended %s", reason or "unknown", extra={"call_sid": call_sid[:40]})
     return _twiml(ended_twiml(svc.settings, reason))
 
