@@ -22,6 +22,7 @@ from app.brain.llm import LLM, LLMError, ToolCall
 from app.brain.prompt import Prompt
 from app.brain.query import retrieval_query
 from app.brain.sanitise import HOSTILE_FLAGS, SanitisedTranscript, sanitise_transcript
+from app.brain.speech_filter import SpeechFilter
 from app.brain.spoken_fallback import CANNOT_LOOK_UP, extractive_answer
 from app.knowledge.retrieval import Retrieval, Retriever
 from app.observability import Metrics
@@ -116,13 +117,18 @@ class TurnPipeline:
     ) -> AsyncIterator[str]:
         """Yield the spoken answer. Whatever fails, the caller hears something.
 
-        The first piece goes out the moment it exists; after that, model tokens are gathered into
-        pieces of a few words ending at a word boundary, which is all text-to-speech needs and a
-        fraction of the messages (each one costs a WebSocket frame on a shared event loop).
+        Every piece passes the turn's speech filter. The first piece goes out the moment the filter
+        lets it; after that, model tokens are gathered into pieces of a few words ending at a word
+        boundary, which is all text-to-speech needs and a fraction of the messages (each one costs
+        a WebSocket frame on a shared event loop).
         """
         pending = ""
+        spoken = SpeechFilter()
         try:
-            async for text in self._answer(transcript, record, tools):
+            async for raw in self._answer(transcript, record, tools):
+                text = spoken.feed(raw)
+                if not text:
+                    continue
                 if record.chunks == 0:
                     record.first_chunk()
                     yield text
@@ -132,14 +138,18 @@ class TurnPipeline:
                     yield pending
                     pending = ""
                 pending += text
+            pending += spoken.flush()
+            if record.chunks == 0 and not pending.strip():
+                pending = APOLOGY_MID_ANSWER.lstrip()  # the answer was nothing but markup
             if pending:
                 record.first_chunk()
                 yield pending
         except Exception:
             log.exception("turn failed")
             record.outcome, record.fallback = "apology", "internal error"
+            apology = APOLOGY_MID_ANSWER if record.chunks > 0 or pending else CANNOT_LOOK_UP
             record.first_chunk()
-            yield pending + (APOLOGY_MID_ANSWER if record.chunks > 1 or pending else CANNOT_LOOK_UP)
+            yield pending + spoken.feed(apology) + spoken.flush()
         finally:
             if tools is not None:
                 tools.end_turn()
