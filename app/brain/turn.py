@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from app.brain.documents_only import DocumentsOnlyTools
 from app.brain.llm import LLM, LLMError, ToolCall
 from app.brain.prompt import Prompt
 from app.brain.query import retrieval_query
@@ -111,6 +112,7 @@ class TurnPipeline:
         self.llm = llm
         self.prompt = prompt
         self.retriever = retriever
+        self.documents_only = DocumentsOnlyTools(settings)
 
     async def answer(
         self, transcript: Sequence[Any], record: TurnRecord, tools: CallTools | None = None
@@ -170,6 +172,12 @@ class TurnPipeline:
             yield DID_NOT_CATCH
             return
         query, record.follow_up = retrieval_query(clean)
+        if not self.llm.enabled and tools is not None:
+            line = await self.documents_only.act(clean, tools, record.tools)
+            if line is not None:
+                record.outcome, record.fallback = "documents_only", "no model"
+                yield line
+                return
         if self.retriever is None or not self.retriever.ready:
             record.outcome, record.fallback = "no_index", "index unavailable"
             yield CANNOT_LOOK_UP
