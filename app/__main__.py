@@ -13,10 +13,17 @@ from app.knowledge.index import live_build_id
 from app.observability import configure_logging
 from app.records.messages import list_messages
 from app.server import serve
-from app.settings import ensure_env_file, load_settings
+from app.settings import Settings, ensure_env_file, load_settings
 from ingest.pipeline import run_ingest
 
 log = logging.getLogger("switchboard")
+
+
+def build_index_if_missing(settings: Settings) -> None:
+    """First run: build the index from the sample (or your) documents so the agent can answer."""
+    if live_build_id(settings) is None and settings.knowledge_dir.is_dir():
+        log.info("no index yet: building one from %s (once)", settings.knowledge_dir)
+        print(run_ingest(settings, progress=True).human(), file=sys.stderr)
 
 
 def main() -> None:
@@ -36,10 +43,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     if wrote_env:
         log.info("wrote .env from .env.example with a fresh SHARED_SECRET")
-    if live_build_id(settings) is None and settings.knowledge_dir.is_dir():
-        # First run: build the index from the sample (or your) documents so the agent can answer.
-        log.info("no index yet: building one from %s (once)", settings.knowledge_dir)
-        print(run_ingest(settings, progress=True).human(), file=sys.stderr)
+    build_index_if_missing(settings)
     log.info("serving on port %s", settings.port)
     # uvloop: the relay and the brain spend most of their CPU in the event loop and socket writes.
     uvloop.run(serve(create_app(settings), f"{args.host}:{settings.port}"))
