@@ -135,10 +135,12 @@ def _name(said: str) -> str:
 
 def _number(said: str, tools: CallTools) -> str | None:
     """The callback number said (E.164), or the caller's own when they say "this number"."""
+    digits = re.sub(r"[^\d+]", "", said)
+    if len(digits) >= 7:
+        return normalise_number(digits)
     if _SAME_NUMBER.search(said) and tools.call is not None:
         return normalise_number(tools.call.caller)
-    digits = re.sub(r"[^\d+]", "", said)
-    return normalise_number(digits) if len(digits) >= 7 else None
+    return None
 
 
 def _spoken_digits(number: str) -> str:

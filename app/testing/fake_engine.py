@@ -26,6 +26,8 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
 from app.testing.fake_elevenlabs import FakeConversation, FakeElevenLabs, first_message, speech_audio
 from app.testing.speech_engine import SpeechEngineClient
 from app.testing.twilio_caller import FRAME_BYTES
@@ -104,10 +106,13 @@ class SpeechEngineStandIn:
         events = self._events[call_sid]
         events.put_nowait(EngineEvent("started", first_message(conv.initiation) or ""))
         config = self.elevenlabs.engine.get("speech_engine") or {}
-        brain = await SpeechEngineClient.open(
-            config.get("ws_url", ""), api_key=self.api_key, headers=_headers(config.get("request_headers"), variables)
-        )
+        brain: SpeechEngineClient | None = None
         try:
+            brain = await SpeechEngineClient.open(
+                config.get("ws_url", ""),
+                api_key=self.api_key,
+                headers=_headers(config.get("request_headers"), variables),
+            )
             await brain.init(conv.conversation_id)
             brain.history = conv.history  # the greeting is the first line of the history
             recognised = self._recognised[call_sid]
@@ -117,14 +122,16 @@ class SpeechEngineStandIn:
                 event_id = await brain.say(text)
                 await conv.user_transcript(text, event_id)
                 await self._answer(conv, brain, event_id, events)
-        except (TimeoutError, ConnectionError):
-            await conv.error("the brain did not answer", code=1011)
-            await conv.close(1011)
+        except (OSError, InvalidStatus, TimeoutError):  # the brain refused, went away or never answered
+            with contextlib.suppress(ConnectionClosed):
+                await conv.error("the brain did not answer", code=1011)
+                await conv.close(1011)
         finally:
             events.put_nowait(EngineEvent("ended"))
-            with contextlib.suppress(Exception):
-                await brain.close_conversation()
-            await brain.aclose()
+            if brain is not None:
+                with contextlib.suppress(Exception):
+                    await brain.close_conversation()
+                await brain.aclose()
 
     async def _answer(
         self, conv: FakeConversation, brain: SpeechEngineClient, event_id: int, events: asyncio.Queue[EngineEvent]
