@@ -48,11 +48,14 @@ async def test_a_message_is_taken_read_back_and_saved(make_settings, shared_data
         ]
         call_sid = phone.caller.call_sid
         tools = phone.record.turns[-1].tools
+        goodbye = await say(phone, "no, that's it, thanks")
     assert lines[0].endswith("What's your name?")
     assert lines[1] == "Thank you, Ada Lovelace. What number should the team call you back on?"
     assert lines[2] == "I have 4 1 5, 5 5 5, 0 1 2 3. What would you like me to tell the team?"
     assert lines[3].endswith("What number should the team call you back on?")
-    assert "4 1 5, 5 5 5, 0 1 9 9" in lines[5] and tools == ["take_message"]
+    assert "4 1 5, 5 5 5, 0 1 9 9" in lines[5] and lines[5].endswith("Is there anything else I can help with?")
+    assert tools == ["take_message"]
+    assert goodbye.endswith("Goodbye.") and phone.record.ended_by == "agent"
     saved = [m for m in MessageStore(shared_data_dir).since() if m.call_sid == call_sid]
     assert [(m.name, m.callback_number, m.message) for m in saved] == [
         ("Ada Lovelace", "+14155550199", "please call me about moving my service")

@@ -42,6 +42,9 @@ _PERSON = re.compile(
     re.IGNORECASE,
 )
 _GOODBYE = re.compile(r"\b(?:bye|goodbye|good bye|that's all|that is all|nothing else|hang up)\b", re.IGNORECASE)
+_NOTHING_MORE = re.compile(
+    r"^\W*(?:no|nope|that's it|that is it)(?:\W+(?:that's it|that is it|that's all|thanks|thank you))*\W*$", re.I
+)
 _CANCEL = re.compile(r"^\W*(?:never ?mind|cancel|forget it|no thanks)\b", re.IGNORECASE)
 _WRONG = re.compile(r"^\W*(?:no\b|nope\b|that's wrong|that is wrong|wrong number|that's not right)", re.IGNORECASE)
 _SAME_NUMBER = re.compile(r"\b(?:this|same|my) (?:number|phone)\b|\bcalling from\b", re.IGNORECASE)
@@ -73,11 +76,11 @@ class DocumentsOnlyTools:
         if _PERSON.search(said):
             if TRANSFER_TOOL not in offered:
                 return f"I'm sorry, I can't put you through right now, but I can take a message. {ANYTHING_ELSE}"
-            department = next((d for d in self.departments if d in said.lower()), self.departments[0])
+            department = next((d for d in self.departments if _names(d, said)), self.departments[0])
             if await self._run(tools, TRANSFER_TOOL, {"department": department}, done):
                 return f"Of course. I'll put you through to {department} now."
             return f"I'm sorry, I can't put you through right now. {ANYTHING_ELSE}"
-        if _GOODBYE.search(said):
+        if _GOODBYE.search(said) or (step.endswith(ANYTHING_ELSE) and _NOTHING_MORE.search(said)):
             if END_TOOL in offered:
                 await self._run(tools, END_TOOL, {"reason": "the caller said goodbye"}, done)
             return f"Thank you for calling {self.company}. Goodbye."
@@ -113,6 +116,12 @@ class DocumentsOnlyTools:
         await tools.run([call])
         done.append(f"{name}:{tools.labels[0]}")
         return tools.labels[0] == "accepted"
+
+
+def _names(department: str, said: str) -> bool:
+    """The caller named this department ("tech_support" is said "tech support")."""
+    spoken = re.sub(r"[-_]+", " ", department)
+    return re.search(rf"\b{re.escape(spoken)}\b", said, re.IGNORECASE) is not None
 
 
 def _last_agent_line(transcript: SanitisedTranscript) -> str:

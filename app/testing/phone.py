@@ -464,6 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sys.exit(uvloop.run(run_local(args.say, args.json)))
     except KeyboardInterrupt:
+        print("\n── hung up (Ctrl-C)", file=sys.stderr)
         sys.exit(130)
 
 
