@@ -29,8 +29,9 @@ from app.telephony.call_token import TTL_S
 log = logging.getLogger("switchboard.telephony")
 
 # How often the Speech Engine's settings are read again (a greeting turned on by `make configure`
-# is picked up within this), and how long a call waits for the first reading.
+# is picked up within this; sooner after a failed reading), and how long a call waits for the first.
 GREETING_CHECK_EVERY_S = 300.0
+GREETING_RETRY_S = 30.0
 GREETING_CHECK_WAIT_S = 2.0
 
 
@@ -170,6 +171,7 @@ class Telephony:
         assert self.elevenlabs is not None and self.settings.speech_engine_id
         engine_id = self.settings.speech_engine_id
         while True:
+            pause = GREETING_RETRY_S
             try:
                 engine = await self.elevenlabs.speech_engine.get(
                     engine_id, request_options={"max_retries": 1, "timeout_in_seconds": 5}
@@ -183,10 +185,11 @@ class Telephony:
                         engine_id,
                     )
                 self._greeting_allowed = allowed
+                pause = GREETING_CHECK_EVERY_S
             except Exception as exc:  # keep what was known; the next reading may work
                 log.warning("cannot read Speech Engine %s for the greeting: %s", engine_id, type(exc).__name__)
             self._greeting_checked.set()
-            await asyncio.sleep(GREETING_CHECK_EVERY_S)
+            await asyncio.sleep(pause)
 
     async def stop(self) -> None:
         if self._greeting_check is not None:
