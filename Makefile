@@ -48,10 +48,10 @@ bench: install
 configure: install
 	$(PY) -m app.configure $(ARGS)
 
-# One simulated Twilio call into the server `make run` is serving (signed like Twilio, real μ-law
-# audio, agent audio counted): make call [ARGS="--seconds 10"]
+# A whole phone call on this machine: local stand-ins for Twilio and ElevenLabs and a server wired
+# to them; type the caller's side, or make call ARGS='--say "how much is autopay?" --say "bye" [--json]'
 call: install
-	$(PY) -m app.testing.twilio_caller $(ARGS)
+	$(PY) -m app.testing.phone $(ARGS)
 
 # Retrieval quality on a question set: make eval DOCS=<dir> QUESTIONS=<file.jsonl>
 eval: install

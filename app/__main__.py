@@ -15,10 +15,17 @@ from app.observability import configure_logging
 from app.records import cli
 from app.records.messages import parse_since
 from app.server import serve
-from app.settings import ensure_env_file, load_settings
+from app.settings import Settings, ensure_env_file, load_settings
 from ingest.pipeline import run_ingest
 
 log = logging.getLogger("switchboard")
+
+
+def build_index_if_missing(settings: Settings) -> None:
+    """First run: build the index from the sample (or your) documents so the agent can answer."""
+    if live_build_id(settings) is None and settings.knowledge_dir.is_dir():
+        log.info("no index yet: building one from %s (once)", settings.knowledge_dir)
+        print(run_ingest(settings, progress=True).human(), file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,10 +79,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     if generated:
         log.info("wrote %s into .env", " and ".join(generated))
-    if live_build_id(settings) is None and settings.knowledge_dir.is_dir():
-        # First run: build the index from the sample (or your) documents so the agent can answer.
-        log.info("no index yet: building one from %s (once)", settings.knowledge_dir)
-        print(run_ingest(settings, progress=True).human(), file=sys.stderr)
+    build_index_if_missing(settings)
     log.info("serving on port %s", settings.port)
     if settings.admin_password is not None:
         log.info("review page: http://localhost:%s/admin (user admin, password ADMIN_PASSWORD in .env)", settings.port)

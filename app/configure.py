@@ -1,8 +1,10 @@
 """`python -m app.configure [--dry-run]` (`make configure`): point ElevenLabs and Twilio at this server.
 
 - The Speech Engine (SPEECH_ENGINE_ID) gets phone audio (ulaw_8000 in and out, the eleven_flash_v2
-  voice model), `ws_url` = wss://<public host>/ws, and request headers carrying SHARED_SECRET as
-  `x-api-key` and the call SID dynamic variable (sent by the bridge) as `x-call-sid`.
+  voice model), `ws_url` = wss://<public host>/ws, request headers carrying SHARED_SECRET as
+  `x-api-key` and the call SID dynamic variable (sent by the bridge) as `x-call-sid`, and, when
+  GREETING is set, permission for the call to override its first message (the greeting). It reads
+  the engine back and says plainly if that permission must be given by hand.
 - The Twilio number (TWILIO_PHONE_NUMBER) sends its voice webhook to <PUBLIC_URL>/incoming-call
   (POST), and falls back to the Connect action route (apology, then FALLBACK_NUMBER) if that fails.
 
@@ -91,14 +93,23 @@ def engine_plan(settings: Settings, current: dict[str, Any]) -> tuple[list[Chang
             changes.append(Change(f"{section}.{name}", values.get(name), wanted))
 
     headers.update({SECRET_HEADER: secret, CALL_SID_HEADER: call_sid})
-    update = {
+    update: dict[str, Any] = {
         "speech_engine": SpeechEngineConfig(**{**engine, "ws_url": ws_url, "request_headers": headers}),
         "asr": AsrConversationalConfig(**{**asr, "user_input_audio_format": PHONE_FORMAT}),
         "tts": TtsConversationalConfigInput(
             **{**tts, "agent_output_audio_format": PHONE_FORMAT, "model_id": VOICE_MODEL}
         ),
     }
+    overrides = dict(current.get("overrides") or {})
+    if settings.first_message and overrides.get("first_message") is not True:
+        changes.append(Change("overrides.first_message", overrides.get("first_message"), True))
+        # The SDK's update() has no `overrides` parameter (only create() does): sent as an extra body field.
+        update["request_options"] = {"additional_body_parameters": {"overrides": {**overrides, "first_message": True}}}
     return changes, update
+
+
+def _first_message_allowed(config: Any) -> bool:
+    return getattr(getattr(config, "overrides", None), "first_message", None) is True
 
 
 def configure_engine(settings: Settings, dry_run: bool, say: Print) -> bool:
@@ -120,6 +131,16 @@ def configure_engine(settings: Settings, dry_run: bool, say: Print) -> bool:
         _report(changes, dry_run, say)
         if changes and not dry_run:
             client.speech_engine.update(engine_id, **update)
+        if (
+            settings.first_message
+            and not dry_run
+            and not _first_message_allowed(client.speech_engine.get(engine_id).config)
+        ):
+            say(
+                f"  set once by hand: the engine did not accept the first-message override through the API. In "
+                f"ElevenLabs, allow overrides of the first message for {engine_id} (or set GREETING= for no "
+                "greeting); until then calls start without the greeting."
+            )
     except Exception as exc:
         say(f"Speech Engine {engine_id}: {_failure(exc)}")
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -23,8 +24,10 @@ def hypercorn_config(bind: str) -> Config:
     config.graceful_timeout = 10.0
     # Webhook bodies are small forms; a larger incomplete request is not Twilio.
     config.h11_max_incomplete_size = 16 * 1024
-    # Access lines would duplicate the per-turn and per-call records.
+    # Access lines would duplicate the per-turn and per-call records; Hypercorn's own lines go
+    # through the app's logging, to wherever it writes.
     config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
     return config
 
 

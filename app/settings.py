@@ -14,7 +14,14 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 RECORDS_FILE = "records.sqlite3"
@@ -26,6 +33,7 @@ _DATABASE_SCHEMES = {
     "sqlite": "sqlite+aiosqlite",
     "sqlite+aiosqlite": "sqlite+aiosqlite",
 }
+DEFAULT_GREETING = "Thanks for calling {COMPANY_NAME}. How can I help?"
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _DEPARTMENT = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -77,6 +85,8 @@ class Settings(BaseSettings):
 
     # Persona and tools
     company_name: str = "Kestrel Broadband"
+    # What the caller hears at pickup; {COMPANY_NAME} is filled in; empty (GREETING=) means none.
+    greeting: str = Field(DEFAULT_GREETING, max_length=300)
     agent_instructions_file: Path | None = None
     transfer_targets: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
@@ -96,6 +106,18 @@ class Settings(BaseSettings):
     # Logs
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        greeting = _EmptyGreeting(settings_cls, getattr(dotenv_settings, "env_file", None))
+        return init_settings, greeting, env_settings, dotenv_settings, file_secret_settings
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -167,6 +189,11 @@ class Settings(BaseSettings):
         return bool(self.openai_model)
 
     @property
+    def first_message(self) -> str | None:
+        """The greeting as the caller hears it, or None when GREETING is empty."""
+        return self.greeting.replace("{COMPANY_NAME}", self.company_name).strip() or None
+
+    @property
     def brain_auth_configured(self) -> bool:
         return self.elevenlabs_api_key is not None or self.shared_secret is not None
 
@@ -187,6 +214,27 @@ class Settings(BaseSettings):
         """The plain value of a secret field, for the one place that needs it."""
         value = getattr(self, name)
         return value.get_secret_value() if value is not None else None
+
+
+class _EmptyGreeting(PydanticBaseSettingsSource):
+    """`GREETING=` turns the greeting off, though an empty value everywhere else means "not set"."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env_file: object) -> None:
+        super().__init__(settings_cls)
+        self._sources = (  # the environment first, then .env: the usual order
+            EnvSettingsSource(settings_cls, env_ignore_empty=False),
+            DotEnvSettingsSource(settings_cls, env_file=env_file, env_ignore_empty=False),  # type: ignore[arg-type]
+        )
+
+    def get_field_value(self, field: object, field_name: str) -> tuple[object, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, object]:
+        for source in self._sources:
+            value = source.env_vars.get("greeting")
+            if value is not None:
+                return {"greeting": ""} if not value.strip() else {}
+        return {}
 
 
 def load_settings(**overrides: object) -> Settings:

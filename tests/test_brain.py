@@ -141,7 +141,8 @@ async def test_ping_gets_pong_and_bad_frames_do_not_end_the_session(serve, fake_
     assert 'switchboard_dropped_frames_total{leg="brain"' in metrics
 
 
-FROM_DOCUMENTS = "Here's what our information says."
+# What the documents alone answer to "how much is the paper bill fee?"
+FROM_DOCUMENTS = "If you prefer a printed bill mailed to your home, a paper bill fee of $2.50 a month applies."
 
 
 @pytest.mark.parametrize(

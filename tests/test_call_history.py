@@ -308,6 +308,8 @@ async def test_postgresql_going_away_mid_call_loses_no_audio_and_no_message(
     with postgres_server() as pg:
         settings = {**call_settings, "database_url": pg.create_database("calls")}
         async with phone_call(serve, settings, fake_elevenlabs, twilio_api) as phone:
+            async with asyncio.timeout(30):
+                await phone.svc.records.ready.wait()  # the schema is in place before the store goes away
             await phone.client.ask("how much is the autopay discount?")
             await asyncio.to_thread(pg.stop)
             # Audio goes on both ways.

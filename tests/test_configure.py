@@ -64,6 +64,8 @@ async def test_configures_engine_and_number(settings, fake_elevenlabs, twilio_ap
     assert engine["asr"]["quality"] == "high"  # and so are the other fields
     assert engine["tts"]["agent_output_audio_format"] == "ulaw_8000"
     assert engine["tts"]["model_id"] == "eleven_flash_v2" and engine["tts"]["voice_id"] == "voice_1"
+    assert engine["overrides"] == {"first_message": True}  # so the greeting can be sent
+    assert "by hand" not in output
     configured = number(twilio_api)
     assert configured["voice_url"] == f"{PUBLIC}/incoming-call" and configured["voice_method"] == "POST"
     assert configured["voice_fallback_url"] == f"{PUBLIC}/connect-action"
@@ -83,6 +85,7 @@ async def test_dry_run_prints_exactly_what_would_change_and_changes_nothing(
     assert "speech_engine.request_headers.x-api-key: (unset) -> (SHARED_SECRET)" in output
     assert "tts.model_id: 'eleven_turbo_v2' -> 'eleven_flash_v2'" in output
     assert "asr.user_input_audio_format: 'pcm_16000' -> 'ulaw_8000'" in output
+    assert "overrides.first_message: (unset) -> True" in output
     assert f"voice_url: 'https://demo.twilio.com/welcome/voice/' -> '{PUBLIC}/incoming-call'" in output
     assert "voice_method" not in output  # already POST
     assert output.count("(dry run: nothing changed)") == 2
@@ -96,6 +99,23 @@ async def test_second_run_changes_nothing(settings, fake_elevenlabs, twilio_api)
     assert code == 0
     assert output.count("already set: nothing to change") == 2
     assert (len(fake_elevenlabs.engine_patches), len(twilio_api.number_updates)) == (patches, updates)
+
+
+async def test_a_greeting_the_api_cannot_allow_is_named_as_a_step_by_hand(settings, fake_elevenlabs) -> None:
+    fake_elevenlabs.patch_ignores = {"overrides"}
+    code, output = await run(settings)
+    assert code == 0, output
+    assert fake_elevenlabs.engine["speech_engine"]["ws_url"] == "wss://switchboard.example/ws"  # the rest is set
+    assert (
+        f"set once by hand: the engine did not accept the first-message override through the API. In "
+        f"ElevenLabs, allow overrides of the first message for {ENGINE_ID}" in output
+    )
+
+
+async def test_no_greeting_leaves_the_overrides_alone(make_settings, settings, fake_elevenlabs) -> None:
+    code, output = await run(make_settings(**{**settings.model_dump(), "greeting": ""}))
+    assert code == 0, output
+    assert fake_elevenlabs.engine["overrides"] == {} and "overrides" not in output
 
 
 async def test_unknown_number_and_bad_key_are_reported_plainly(make_settings, settings, fake_elevenlabs) -> None:

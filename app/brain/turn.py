@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from app.brain.documents_only import DocumentsOnlyTools
 from app.brain.llm import LLM, LLMError, ToolCall
 from app.brain.prompt import Prompt
 from app.brain.query import retrieval_query
 from app.brain.sanitise import HOSTILE_FLAGS, SanitisedTranscript, sanitise_transcript
 from app.brain.small_talk import small_talk
+from app.brain.speech_filter import SpeechFilter
 from app.brain.spoken_fallback import CANNOT_LOOK_UP, NO_ANSWER, extractive_answer
 from app.brain.tools import GAP_TOOL, CallTools
 from app.knowledge.retrieval import Passage, Retrieval, Retriever
@@ -139,19 +141,25 @@ class TurnPipeline:
         self.llm = llm
         self.prompt = prompt
         self.retriever = retriever
+        self.documents_only = DocumentsOnlyTools(settings)
 
     async def answer(
         self, transcript: Sequence[Any], record: TurnRecord, tools: CallTools | None = None
     ) -> AsyncIterator[str]:
         """Yield the spoken answer. Whatever fails, the caller hears something.
 
-        The first piece goes out the moment it exists; after that, model tokens are gathered into
-        pieces of a few words ending at a word boundary, which is all text-to-speech needs and a
-        fraction of the messages (each one costs a WebSocket frame on a shared event loop).
+        Every piece passes the turn's speech filter. The first piece goes out the moment the filter
+        lets it; after that, model tokens are gathered into pieces of a few words ending at a word
+        boundary, which is all text-to-speech needs and a fraction of the messages (each one costs
+        a WebSocket frame on a shared event loop).
         """
         pending = ""
+        spoken = SpeechFilter()
         try:
-            async for text in self._answer(transcript, record, tools):
+            async for raw in self._answer(transcript, record, tools):
+                text = spoken.feed(raw)
+                if not text:
+                    continue
                 if record.chunks == 0:
                     record.sent(text)
                     yield text
@@ -161,13 +169,17 @@ class TurnPipeline:
                     yield pending
                     pending = ""
                 pending += text
+            pending += spoken.flush()
+            if record.chunks == 0 and not pending.strip():
+                pending = APOLOGY_MID_ANSWER.lstrip()  # the answer was nothing but markup
             if pending:
                 record.sent(pending)
                 yield pending
         except Exception:
             log.exception("turn failed")
             record.outcome, record.fallback = "apology", "internal error"
-            text = pending + (APOLOGY_MID_ANSWER if record.chunks > 1 or pending else CANNOT_LOOK_UP)
+            apology = APOLOGY_MID_ANSWER if record.chunks > 0 or pending else CANNOT_LOOK_UP
+            text = pending + spoken.feed(apology) + spoken.flush()
             record.sent(text)
             yield text
         finally:
@@ -191,6 +203,12 @@ class TurnPipeline:
             yield DID_NOT_CATCH
             return
         query, record.follow_up = retrieval_query(clean)
+        if not self.llm.enabled and tools is not None:
+            line = await self.documents_only.act(clean, tools, record.tool)
+            if line is not None:
+                record.outcome, record.fallback = "documents_only", "no model"
+                yield line
+                return
         if self.retriever is None or not self.retriever.ready:
             record.outcome, record.fallback = "no_index", "index unavailable"
             yield CANNOT_LOOK_UP

@@ -69,6 +69,7 @@ class CallControl:
         self.caller = caller
         self.started_at = datetime.now(UTC)
         self.conversation_id: str | None = None
+        self.greeting: str | None = None  # what the agent said first, if anything
         self.end_reason: EndReason | None = None
         self.ended = asyncio.Event()
         self._send_mark = send_mark

@@ -108,7 +108,7 @@ class RecordsStore:
     # --- CallObserver -----------------------------------------------------------------------
 
     async def call_started(self, call: CallControl) -> None:
-        self.record(CallAnswered(call.call_sid, call.conversation_id, datetime.now(UTC)))
+        self.record(CallAnswered(call.call_sid, call.conversation_id, datetime.now(UTC), call.greeting))
 
     async def call_ended(self, call: CallControl) -> None:
         now = datetime.now(UTC)

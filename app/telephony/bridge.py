@@ -454,7 +454,8 @@ class Relay:
                     )
                     raise CallEnded(EndReason.UPSTREAM_UNREACHABLE) from None
                 variables = {"call_sid": call.call_sid, "caller": call.caller}
-                await self._send_upstream(el.initiation(variables))
+                call.greeting = await self.telephony.greeting()
+                await self._send_upstream(el.initiation(variables, call.greeting))
                 self.metadata = await self._wait_for_metadata()
         except TimeoutError:
             reached = self.upstream is not None

@@ -127,5 +127,10 @@ def pong(event_id: int) -> str:
     return '{"type":"pong","event_id":' + str(int(event_id)) + "}"
 
 
-def initiation(dynamic_variables: dict[str, str]) -> str:
-    return json.dumps({"type": "conversation_initiation_client_data", "dynamic_variables": dynamic_variables})
+def initiation(dynamic_variables: dict[str, str], first_message: str | None = None) -> str:
+    """The conversation's initiation data; `first_message` is what the engine says at pickup (the
+    engine must allow that override, or ElevenLabs refuses the conversation)."""
+    frame: dict[str, object] = {"type": "conversation_initiation_client_data", "dynamic_variables": dynamic_variables}
+    if first_message:
+        frame["conversation_config_override"] = {"agent": {"first_message": first_message}}
+    return json.dumps(frame)

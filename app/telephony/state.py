@@ -7,6 +7,8 @@ shared (Redis) admission and outcomes when REDIS_URL is set.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -21,6 +23,12 @@ from app.observability import Metrics
 from app.settings import Settings
 
 log = logging.getLogger("switchboard.telephony")
+
+# How often the Speech Engine's settings are read again (a greeting turned on by `make configure`
+# is picked up within this; sooner after a failed reading), and how long a call waits for the first.
+GREETING_CHECK_EVERY_S = 300.0
+GREETING_RETRY_S = 30.0
+GREETING_CHECK_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,9 @@ class Telephony:
         # Conversation sockets to ElevenLabs: aiohttp's WebSocket client costs about half as much CPU
         # per frame as the alternatives, and every call sends and receives 50 frames a second.
         self.upstream_client: aiohttp.ClientSession | None = None
+        self._greeting_allowed = False
+        self._greeting_checked = asyncio.Event()
+        self._greeting_check: asyncio.Task[None] | None = None
 
     @property
     def bridge_configured(self) -> bool:
@@ -65,8 +76,51 @@ class Telephony:
             log.warning("Twilio webhook and /media-stream refuse every request: set TWILIO_AUTH_TOKEN and PUBLIC_URL")
         elif not self.bridge_configured:
             log.warning("calls get the apology and FALLBACK_NUMBER: set ELEVENLABS_API_KEY and SPEECH_ENGINE_ID")
+        if self.bridge_configured and self.settings.first_message:
+            self._greeting_check = asyncio.create_task(self._check_greeting(), name="greeting-check")
+
+    async def greeting(self) -> str | None:
+        """What a call starting now says at pickup: GREETING, once the engine is known to allow it.
+
+        ElevenLabs refuses a conversation that overrides a field its engine does not allow, so a
+        greeting the engine would refuse is not sent: the call goes on without it.
+        """
+        if self._greeting_check is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(GREETING_CHECK_WAIT_S):
+                await self._greeting_checked.wait()
+        return self.settings.first_message if self._greeting_allowed else None
+
+    async def _check_greeting(self) -> None:
+        assert self.elevenlabs is not None and self.settings.speech_engine_id
+        engine_id = self.settings.speech_engine_id
+        while True:
+            pause = GREETING_RETRY_S
+            try:
+                engine = await self.elevenlabs.speech_engine.get(
+                    engine_id, request_options={"max_retries": 1, "timeout_in_seconds": 5}
+                )
+                overrides = getattr(getattr(engine, "config", None), "overrides", None)
+                allowed = getattr(overrides, "first_message", None) is True
+                if not allowed and (self._greeting_allowed or not self._greeting_checked.is_set()):
+                    log.warning(
+                        "calls start without the greeting: Speech Engine %s does not allow the first-message "
+                        "override (make configure says how to allow it)",
+                        engine_id,
+                    )
+                self._greeting_allowed = allowed
+                pause = GREETING_CHECK_EVERY_S
+            except Exception as exc:  # keep what was known; the next reading may work
+                log.warning("cannot read Speech Engine %s for the greeting: %s", engine_id, type(exc).__name__)
+            self._greeting_checked.set()
+            await asyncio.sleep(pause)
 
     async def stop(self) -> None:
+        if self._greeting_check is not None:
+            self._greeting_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._greeting_check
         if self._http is not None:
             await self._http.aclose()
         if self.upstream_client is not None:

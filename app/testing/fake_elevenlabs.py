@@ -4,23 +4,28 @@
   out a single-use signed URL; `GET`/`PATCH /v1/speech-engine/{id}` for `make configure`.
 - The conversation WebSocket (the `websockets` server, as fast as the real thing needs to be for a
   benchmark): checks the signature, reads `conversation_initiation_client_data`, sends
-  `conversation_initiation_metadata` with the configured audio formats, then does what the test
-  scripts through `FakeConversation` (audio, interruption, ping, agent_response, user_transcript,
-  raw frames, close), or echoes caller audio back as agent audio (`echo=True`).
+  `conversation_initiation_metadata` with the configured audio formats, speaks the first message
+  when the initiation data overrides it (and refuses the conversation, as ElevenLabs does, when
+  the engine does not allow that override), then does what the test scripts through
+  `FakeConversation` (audio, interruption, ping, agent_response, user_transcript, raw frames,
+  close), echoes caller audio back as agent audio (`echo=True`), or hands the conversation to
+  `on_conversation` (the whole engine, in `fake_engine`).
 
 Faults: `refuse_signed_url` (an HTTP status), `refuse_socket`, `stall` (never send metadata), formats
-other than ulaw_8000, malformed frames and closing mid-call through the conversation handle.
+other than ulaw_8000, malformed frames and closing mid-call through the conversation handle, and
+`patch_ignores` (fields a PATCH of the engine silently leaves as they were).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import hmac
 import itertools
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -32,8 +37,33 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from app.testing.live_server import LiveServer
+from app.testing.twilio_caller import FRAME_BYTES, ulaw_frames
 
 CONVERSATION_PATH = "/v1/convai/conversation"
+OVERRIDE_REFUSED = "Override for field 'first_message' is not allowed by config."
+SPOKEN_CHARS_PER_S = 15  # how fast the stand-in's voice "speaks" text
+FRAMES_PER_AUDIO_EVENT = 10  # 200 ms of audio per audio event, as the real engine sends a few per second
+_VOICE = [base64.b64encode(frame).decode() for frame in ulaw_frames(1.0, frequency=400, amplitude=6000)]
+
+
+def speech_audio(text: str) -> list[str]:
+    """The stand-in's text-to-speech: real μ-law audio as long as the text takes to say, in
+    base64 chunks of FRAMES_PER_AUDIO_EVENT frames (a tone, not words)."""
+    frames = max(1, round(len(text) / SPOKEN_CHARS_PER_S * 8000 / FRAME_BYTES))
+    payloads = [_VOICE[i % len(_VOICE)] for i in range(frames)]
+    raw = [base64.b64decode(p) for p in payloads]
+    return [
+        base64.b64encode(b"".join(raw[i : i + FRAMES_PER_AUDIO_EVENT])).decode()
+        for i in range(0, frames, FRAMES_PER_AUDIO_EVENT)
+    ]
+
+
+def first_message(initiation: dict[str, Any] | None) -> str | None:
+    """The first-message override in a conversation's initiation data, if any."""
+    override = (initiation or {}).get("conversation_config_override")
+    agent = override.get("agent") if isinstance(override, dict) else None
+    text = agent.get("first_message") if isinstance(agent, dict) else None
+    return text if isinstance(text, str) and text else None
 
 
 @dataclass
@@ -47,6 +77,7 @@ class FakeConversation:
     stalled: bool = False
     on_user_audio: Callable[[FakeConversation, str], None] | None = None
     initiation: dict[str, Any] | None = None
+    history: list[dict[str, str]] = field(default_factory=list)  # what was said, as the brain gets it
     user_audio: list[str] = field(default_factory=list)
     pongs: list[Any] = field(default_factory=list)
     other: list[Any] = field(default_factory=list)
@@ -76,8 +107,17 @@ class FakeConversation:
             {"type": "user_transcript", "user_transcription_event": {"user_transcript": text, "event_id": event_id}}
         )
 
-    async def error(self, message: str = "boom", code: int = 1011) -> None:
-        await self.send({"type": "error", "error_event": {"code": code, "message": message, "error_type": "internal"}})
+    async def error(self, message: str = "boom", code: int = 1011, error_type: str = "internal") -> None:
+        await self.send({"type": "error", "error_event": {"code": code, "message": message, "error_type": error_type}})
+
+    async def speak(self, text: str, event_id: int) -> None:
+        """The agent says `text`: its audio (the stand-in's voice), then the agent_response event."""
+        for payload in speech_audio(text):
+            await self.audio(payload, event_id)
+        await self.agent_response(text, event_id)
+
+    def next_event_id(self) -> int:
+        return next(self._event_ids)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.ws.close(code, reason)
@@ -134,6 +174,9 @@ class FakeElevenLabs:
         # When set, conversations wait for this event before sending their metadata.
         self.metadata_gate: asyncio.Event | None = None
         self.on_user_audio: Callable[[FakeConversation, str], None] | None = None
+        # Plays the rest of each conversation once it has started (see `fake_engine`).
+        self.on_conversation: Callable[[FakeConversation], Awaitable[None]] | None = None
+        self.patch_ignores: set[str] = set()
         self.signed_url_requests = 0
         self.socket_attempts = 0
         self.conversations: list[FakeConversation] = []
@@ -219,6 +262,8 @@ class FakeElevenLabs:
                 patch = await request.get_json()
                 self.engine_patches.append(patch)
                 for key, value in patch.items():
+                    if key in self.patch_ignores:
+                        continue
                     if isinstance(value, dict) and isinstance(self.engine.get(key), dict):
                         self.engine[key] = {**self.engine[key], **value}
                     else:
@@ -248,6 +293,7 @@ class FakeElevenLabs:
             self.conversations.append(conv)
             self._new_conversation.notify_all()
         stall = conv.stalled
+        played: asyncio.Task[None] | None = None
         try:
             if not stall:
                 first = json.loads(await ws.recv())
@@ -255,6 +301,11 @@ class FakeElevenLabs:
                     conv.initiation = first
                 async with conv._updates:
                     conv._updates.notify_all()
+                greeting = first_message(conv.initiation)
+                if greeting and (self.engine.get("overrides") or {}).get("first_message") is not True:
+                    await conv.error(OVERRIDE_REFUSED, code=1008, error_type="policy_violation")
+                    await ws.close(1008, OVERRIDE_REFUSED)
+                    return
                 if self.metadata_gate is not None:
                     await self.metadata_gate.wait()
                 await conv.send(
@@ -267,6 +318,11 @@ class FakeElevenLabs:
                         },
                     }
                 )
+                if greeting:
+                    conv.history.append({"role": "agent", "content": greeting})
+                    await conv.speak(greeting, conv.next_event_id())
+                if self.on_conversation is not None:
+                    played = asyncio.create_task(self.on_conversation(conv), name=f"{conv.conversation_id}-engine")
             async for raw in ws:
                 if not stall:
                     await conv._received(raw)
@@ -276,6 +332,9 @@ class FakeElevenLabs:
             conv.closed = True
             async with conv._updates:
                 conv._updates.notify_all()
+            if played is not None:  # the caller's side is gone: the engine hangs up on the brain
+                played.cancel()
+                await asyncio.gather(played, return_exceptions=True)
 
 
 def default_engine(engine_id: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hmac
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from quart import Quart, request
@@ -33,6 +34,7 @@ class FakeTwilioApi:
             self.add_number(number)
         self.number_updates: list[dict[str, str]] = []
         self.call_updates: list[tuple[str, dict[str, str]]] = []
+        self.on_call_update: Callable[[str, dict[str, str]], None] | None = None
         self._server: LiveServer | None = None
 
     def add_number(self, number: str, **fields: Any) -> dict[str, Any]:
@@ -118,6 +120,8 @@ class FakeTwilioApi:
                 return unauthorised, 401
             form = dict(await request.form)
             self.call_updates.append((sid, form))
+            if self.on_call_update is not None:
+                self.on_call_update(sid, form)
             return {"sid": sid, "account_sid": account, "status": form.get("Status", "in-progress")}, 200
 
         return app

@@ -11,9 +11,18 @@ from quart import Quart
 from app.server import serve
 
 
+def bound_socket() -> socket.socket:
+    """A socket bound to 127.0.0.1 and a free port, held so nothing else takes the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 class LiveServer:
-    def __init__(self, app: Quart) -> None:
+    def __init__(self, app: Quart, sock: socket.socket | None = None) -> None:
+        """`sock`: an already bound socket, when the app must know its own address before it serves."""
         self.app = app
+        self._sock = sock
         self.port = 0
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -27,8 +36,7 @@ class LiveServer:
         return f"ws://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> LiveServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
+        sock = self._sock or bound_socket()
         self.port = sock.getsockname()[1]
         # Hypercorn takes the bound socket over by file descriptor: no race for the port.
         self._task = asyncio.create_task(serve(self.app, f"fd://{sock.detach()}", self._stop.wait), name="live-server")

@@ -70,6 +70,7 @@ class SpeechEngineClient:
         self.history: list[dict[str, str]] = []
         self.answers: dict[int, Answer] = {}
         self.pongs = 0
+        self.closed = False
         self.other: list[Any] = []
         self._next_event_id = 1
         self._updates = asyncio.Condition()
@@ -135,6 +136,10 @@ class SpeechEngineClient:
                     self._updates.notify_all()
         except Exception:  # the connection ended; waiters see it through `closed`
             pass
+        finally:
+            self.closed = True
+            async with self._updates:
+                self._updates.notify_all()
 
     async def send_json(self, message: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(message))

@@ -9,19 +9,17 @@ Like Twilio it plays agent audio in order and echoes each mark once the audio be
 `realtime=True` plays at 8000 bytes a second, otherwise instantly. `clear` empties the queue and
 echoes the marks that were waiting in it.
 
-`python -m app.testing.twilio_caller` (`make call`) places one simulated call into a running server.
+`make call` (`app.testing.phone`) uses it to place a whole call.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import itertools
 import json
 import math
 import secrets
-import sys
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
@@ -348,43 +346,3 @@ class TwilioCaller:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-async def _simulate(seconds: float) -> int:
-    from app.settings import load_settings
-
-    settings = load_settings()
-    token = settings.secret("twilio_auth_token")
-    if not token or not settings.public_url:
-        print("make call needs TWILIO_AUTH_TOKEN and PUBLIC_URL (the server checks signatures against them)")
-        return 2
-    caller = TwilioCaller(f"http://127.0.0.1:{settings.port}", settings.public_url, token, realtime=True)
-    async with caller:
-        hook = await caller.dial()
-        print(f"webhook: HTTP {hook.status}, TwiML verbs {hook.verbs}")
-        if hook.stream_url is None:
-            print(hook.body)
-            return 1
-        await caller.open_stream()
-        await caller.connected()
-        await caller.start()
-        for frame in ulaw_frames(seconds):
-            await caller.send_audio([frame])
-            await asyncio.sleep(0.02)
-        heard = sum(len(base64.b64decode(p)) for p in caller.media)
-        print(f"agent audio heard: {heard} bytes ({heard / 8000:.1f} s), marks echoed: {len(caller.echoed)}")
-        await caller.hang_up()
-    return 0
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m app.testing.twilio_caller",
-        description="Place one simulated Twilio call into the running server (PORT, PUBLIC_URL, TWILIO_AUTH_TOKEN).",
-    )
-    parser.add_argument("--seconds", type=float, default=5.0, help="how long the caller streams a tone")
-    sys.exit(asyncio.run(_simulate(parser.parse_args().seconds)))
-
-
-if __name__ == "__main__":
-    main()

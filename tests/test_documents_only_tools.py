@@ -1,0 +1,102 @@
+"""Without a model the tools still work: a person, a message, goodbye and the keypad's 0, on whole
+calls through the webhook, bridge, engine stand-in and brain, each through the gated Toolbox."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from app.testing.phone import CallRecord, LocalSwitchboard, Phone
+from tests.phone import messages_of
+
+TARGETS = {"sales": "+12025550143", "support": "+12025550178"}
+
+
+@asynccontextmanager
+async def call(make_settings, **settings: object) -> AsyncIterator[Phone]:
+    values = {"transfer_targets": TARGETS, **settings}
+    async with LocalSwitchboard(make_settings(**values)) as board:
+        async with Phone(board, CallRecord("documents"), realtime=False) as phone:
+            await phone.greeting(time.perf_counter())
+            yield phone
+
+
+async def say(phone: Phone, text: str) -> str:
+    return (await phone.say(text, lambda _: None)).agent
+
+
+async def test_a_request_for_a_person_is_transferred_where_the_settings_say(make_settings) -> None:
+    async with call(make_settings) as phone:
+        line = await say(phone, "could I speak to someone in support please?")
+        tools = phone.record.turns[-1].tools
+    assert line == "Of course. I'll put you through to support now."
+    assert tools == ["transfer_call"]
+    assert phone.record.transfer == {"department": "support", "number": TARGETS["support"], "said": ""}
+    assert phone.record.ended_by == "transfer"
+
+
+async def test_a_message_is_taken_read_back_and_saved(make_settings, shared_data_dir) -> None:
+    async with call(make_settings) as phone:
+        lines = [
+            await say(phone, "I'd like to leave a message"),
+            await say(phone, "my name is Ada Lovelace"),
+            await say(phone, "it's 415 555 0123"),
+            await say(phone, "no, that's wrong"),
+            await say(phone, "415 555 0199"),
+            await say(phone, "please call me about moving my service"),
+        ]
+        call_sid = phone.caller.call_sid
+        tools = phone.record.turns[-1].tools
+        goodbye = await say(phone, "no, that's it, thanks")
+    assert lines[0].endswith("What's your name?")
+    assert lines[1] == "Thank you, Ada Lovelace. What number should the team call you back on?"
+    assert lines[2] == "I have 4 1 5, 5 5 5, 0 1 2 3. What would you like me to tell the team?"
+    assert lines[3].endswith("What number should the team call you back on?")
+    assert "4 1 5, 5 5 5, 0 1 9 9" in lines[5] and lines[5].endswith("Is there anything else I can help with?")
+    assert tools == ["take_message"]
+    assert goodbye.endswith("Goodbye.") and phone.record.ended_by == "agent"
+    saved = await messages_of({"data_dir": shared_data_dir}, call_sid)
+    assert [(m.name, m.callback_number, m.message) for m in saved] == [
+        ("Ada Lovelace", "+14155550199", "please call me about moving my service")
+    ]
+
+
+async def test_this_number_means_the_number_calling(make_settings, shared_data_dir) -> None:
+    async with call(make_settings) as phone:
+        await say(phone, "can someone call me back?")
+        await say(phone, "Grace")
+        line = await say(phone, "this number is fine")
+        await say(phone, "it's about my router")
+        call_sid, caller = phone.caller.call_sid, phone.caller.caller
+    assert line.startswith("I have 2 0 2, 5 5 5, 0 1 0 0.")
+    saved = await messages_of({"data_dir": shared_data_dir}, call_sid)
+    assert [(m.name, m.callback_number) for m in saved] == [("Grace", caller)]
+
+
+async def test_goodbye_ends_the_call_after_the_agent_says_it(make_settings) -> None:
+    async with call(make_settings) as phone:
+        line = await say(phone, "that's all, thanks, bye")
+        hung_up = phone.after_stream
+    assert line == "Thank you for calling Kestrel Broadband. Goodbye."
+    assert phone.record.turns[-1].tools == ["end_call"] and phone.record.ended_by == "agent"
+    assert hung_up is not None and hung_up.verbs == ["Hangup"]  # what Twilio got from the Connect action
+
+
+async def test_the_keypad_0_transfers_to_the_first_department(make_settings) -> None:
+    async with call(make_settings) as phone:
+        tools = await phone.press("0")
+    assert tools == ["transfer_call"]
+    assert phone.record.transfer == {
+        "department": "sales",
+        "number": TARGETS["sales"],
+        "said": "Connecting you to sales now.",
+    }
+
+
+async def test_with_no_departments_the_agent_says_so_and_the_call_goes_on(make_settings) -> None:
+    async with call(make_settings, transfer_targets={}) as phone:
+        line = await say(phone, "can I talk to a real person?")
+        answer = await say(phone, "how much is the autopay discount?")
+    assert line.startswith("I'm sorry, I can't put you through right now")
+    assert phone.record.transfer is None and "$5" in answer

@@ -1,0 +1,155 @@
+"""`make call` as a new user runs it: a clean checkout whose `.env` holds only what the first run
+writes, the real command in its own process, and nothing left running afterwards, even on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+from tests.conftest import KNOWLEDGE
+
+REPO = KNOWLEDGE.parent
+COMMAND = [sys.executable, "-m", "app.testing.phone"]  # what `make call` runs
+GREETING = "Thanks for calling Kestrel Broadband. How can I help?"
+ADDRESS = re.compile(r"(?:http|ws)://127\.0\.0\.1:(\d+)")
+
+
+@pytest.fixture
+def checkout(tmp_path: Path, shared_data_dir: Path, kb_index: Path) -> Path:
+    """A fresh clone after `make run`: .env.example, the sample documents, and the index built from
+    them (ingested once per test session; `make call` would build it the same way if it were missing)."""
+    root = tmp_path / "checkout"
+    root.mkdir()
+    shutil.copy(REPO / ".env.example", root / ".env.example")
+    (root / "knowledge").symlink_to(KNOWLEDGE)
+    shutil.copytree(kb_index, root / "data" / "index")
+    if (shared_data_dir / "models").is_dir():
+        shutil.copytree(shared_data_dir / "models", root / "data" / "models")
+    return root
+
+
+def environment() -> dict[str, str]:
+    """This machine's environment without any Switchboard setting: only the generated .env counts."""
+    return {name: value for name, value in os.environ.items() if name.lower() not in Settings.model_fields}
+
+
+async def run(root: Path, *args: str, timeout: float = 120) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *args, cwd=root, env=environment(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(timeout):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_a_scripted_call_answers_takes_a_message_and_transfers(checkout: Path) -> None:
+    script = [
+        "how much is the autopay discount?",
+        "I'd like to leave a message",
+        "my name is Sam Jones",
+        "my number is 415 555 0123",
+        "please call me back about my bill",
+        "can I talk to someone in sales?",
+    ]
+    code, out, err = await run(checkout, *COMMAND, *(arg for line in script for arg in ("--say", line)), "--json")
+    assert code == 0, err
+    call = json.loads(out)
+    assert "SHARED_SECRET=" in (checkout / ".env").read_text()  # the first run wrote .env
+    assert call["answers_from"] == "the documents alone" and call["greeting"] == GREETING
+    turns = call["turns"]
+    assert [turn["caller"] for turn in turns] == script
+    assert "$5" in turns[0]["agent"] and turns[0]["first_chunk_ms"] >= 0 and turns[0]["tools"] == []
+    assert "4 1 5, 5 5 5, 0 1 2 3" in turns[3]["agent"]
+    assert turns[4]["tools"] == ["take_message"]
+    assert turns[5]["tools"] == ["transfer_call"] and call["ended_by"] == "transfer"
+    assert call["transfer"] == {"department": "sales", "number": "+12025550143", "said": ""}
+
+    code, listed, err = await run(checkout, sys.executable, "-m", "app", "messages", "--json")
+    assert code == 0, err
+    saved = json.loads(listed)
+    assert [(m["name"], m["callback_number"], m["message"]) for m in saved] == [
+        ("Sam Jones", "+14155550123", "please call me back about my bill")
+    ]
+
+
+async def test_the_quick_start_call_prints_the_conversation(checkout: Path) -> None:
+    code, out, err = await run(checkout, *COMMAND, "--say", "how much is the autopay discount?", "--say", "thanks, bye")
+    assert code == 0, err
+    lines = out.splitlines()
+    conversation = [line for line in lines if line.startswith(("agent>", "you>"))]
+    assert conversation[0].startswith(f"agent> {GREETING}")
+    assert conversation[1] == "you>   how much is the autopay discount?"
+    assert "$5" in conversation[2] and "first words" in conversation[2]
+    assert conversation[3] == "you>   thanks, bye"
+    assert conversation[4].startswith("agent> Thank you for calling Kestrel Broadband. Goodbye.")
+    assert lines[-1] == "── the agent hung up"
+    assert (checkout / "data" / "call.log").stat().st_size > 0  # the server's log, out of the way
+
+
+def children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(child) for child in (task / "children").read_text().split()}
+    return found | {grandchild for child in found for grandchild in children(child)}
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def refuses(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return True
+    return False
+
+
+async def test_ctrl_c_mid_call_leaves_nothing_running(checkout: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        cwd=checkout,
+        env=environment(),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    ports: list[int] = []
+    try:
+        async with asyncio.timeout(90):
+            while GREETING not in (line := (await process.stdout.readline()).decode()):
+                assert line, "make call ended before the greeting"
+                ports += [int(port) for port in ADDRESS.findall(line)]
+            process.stdin.write(b"when is my bill due?\n")
+            await process.stdin.drain()
+            while "first words" not in (line := (await process.stdout.readline()).decode()):
+                assert line, "make call ended before answering"
+        assert len(ports) == 4  # the server, the Twilio API, ElevenLabs' REST and conversation sockets
+        assert all(not refuses(port) for port in ports)
+        spawned = children(process.pid)
+        process.send_signal(signal.SIGINT)  # Ctrl-C, with the call still up
+        async with asyncio.timeout(30):
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 130
+    assert all(gone(pid) for pid in spawned)
+    assert all(refuses(port) for port in ports)
