@@ -12,6 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from app.records.queries import get_call
 from app.settings import Settings
 from app.testing.fake_elevenlabs import OVERRIDE_REFUSED, FakeElevenLabs
 from app.testing.fake_openai import Reply
@@ -33,14 +34,21 @@ def test_greeting_names_the_company_and_an_empty_greeting_is_none(tmp_path: Path
     assert settings.openai_model is None  # ...while any other empty value still means "not set"
 
 
-async def test_the_caller_hears_the_greeting_before_saying_anything(make_settings) -> None:
-    async with LocalSwitchboard(make_settings()) as board:
+async def test_the_caller_hears_the_greeting_before_saying_anything(make_settings, tmp_path) -> None:
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'records.sqlite3'}")
+    async with LocalSwitchboard(settings) as board:
         record = CallRecord("documents")
         async with Phone(board, record, realtime=False) as phone:
             await phone.greeting(time.perf_counter())
             conversation = board.engine.elevenlabs.conversations[0]
             heard = list(phone.caller.media)
             assert conversation.user_audio == []  # the caller has not made a sound
+            call_sid = phone.caller.call_sid
+        records = board.server.app.extensions["switchboard"].records
+        await records.recorder.flushed()
+        async with records.engine.connect() as conn:
+            kept = await get_call(conn, call_sid)
+    assert kept is not None and kept.greeting == GREETING  # the call's record has it too
     assert record.greeting == GREETING
     assert heard, "no greeting audio reached the caller"
     assert conversation.initiation["conversation_config_override"] == {"agent": {"first_message": GREETING}}
