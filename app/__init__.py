@@ -10,8 +10,8 @@ from app.settings import Settings
 def create_app(settings: Settings) -> Quart:
     from app.admin.routes import admin
     from app.brain.route import brain
-    from app.health import health
     from app.services import Services
+    from app.serving.health import health
     from app.telephony.bridge import MediaStreamRoute
     from app.telephony.webhook import twilio_webhook
 

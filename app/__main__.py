@@ -14,7 +14,8 @@ from app.knowledge.index import live_build_id
 from app.observability import configure_logging
 from app.records import cli
 from app.records.messages import parse_since
-from app.server import serve
+from app.serving.server import serve_until_drained
+from app.serving.workers import supervise
 from app.settings import Settings, ensure_env_file, load_settings
 from ingest.pipeline import run_ingest
 
@@ -32,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description="Switchboard: an AI phone agent server.")
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all)")
     commands = parser.add_subparsers(dest="command", title="commands (default: serve)")
-    commands.add_parser("serve", help="serve on PORT (the default)")
+    serving = commands.add_parser("serve", help="serve on PORT (the default)")
+    serving.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a worker, on its supervisor's socket
     calls = commands.add_parser("calls", help="recorded calls, newest first; `calls show CALL_SID` for one call")
     calls.add_argument("show", nargs="*", metavar="show CALL_SID", help="one call's turns, sources and timings")
     calls.add_argument("--since", help="a date (2024-05-01) or a duration (12h, 7d)")
@@ -79,14 +81,20 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     if generated:
         log.info("wrote %s into .env", " and ".join(generated))
-    build_index_if_missing(settings)
-    log.info("serving on port %s", settings.port)
-    if settings.admin_password is not None:
-        log.info("review page: http://localhost:%s/admin (user admin, password ADMIN_PASSWORD in .env)", settings.port)
-    else:
-        log.info("review page /admin is off: set ADMIN_PASSWORD to use it")
+    if getattr(args, "fd", None) is None:
+        build_index_if_missing(settings)
+    worker_fd = getattr(args, "fd", None)
+    if worker_fd is None:
+        log.info("serving on port %s", settings.port)
+        if settings.admin_password is not None:
+            log.info("review page: http://localhost:%s/admin (user admin, password in .env)", settings.port)
+        else:
+            log.info("review page /admin is off: set ADMIN_PASSWORD to use it")
+        if settings.workers > 1:
+            sys.exit(supervise(settings.workers, args.host, settings.port))
+    bind = f"fd://{worker_fd}" if worker_fd is not None else f"{args.host}:{settings.port}"
     # uvloop: the relay and the brain spend most of their CPU in the event loop and socket writes.
-    uvloop.run(serve(create_app(settings), f"{args.host}:{settings.port}"))
+    uvloop.run(serve_until_drained(create_app(settings), bind))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ from app.brain.prompt import Prompt
 from app.brain.tools import Toolbox
 from app.brain.turn import TurnPipeline
 from app.calls.registry import InProcessCallRegistry
+from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState
 from app.knowledge.index import query_encoder_for
 from app.knowledge.retrieval import Retriever
 from app.observability import Metrics
 from app.records.store import RecordsStore
+from app.serving.drain import Drain
 from app.settings import Settings
 from app.telephony.call_actions import CallActions
 from app.telephony.state import Telephony
@@ -34,13 +36,33 @@ class Services:
         self.retriever: Retriever | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.telephony = Telephony(settings, self.metrics)
-        self.registry = InProcessCallRegistry()
+        self.shared: SharedState | None = None
+        self.registry: InProcessCallRegistry = InProcessCallRegistry()
+        if settings.redis_url is not None:
+            self._share(settings.secret("redis_url") or "")
         self.call_actions = CallActions(settings, self.metrics)
         self.toolbox: Toolbox | None = None
         self.records = RecordsStore(settings, self.metrics, self._embed_question)
         self.telephony.observers += [self.registry, self.records]
+        self.drain = Drain(self)
+
+    def _share(self, url: str) -> None:
+        """Several replicas: admission, the registry, tool limits and outcomes in Redis."""
+        settings = self.settings
+        self.shared = SharedState(url)
+        slots = SharedSlots(self.shared, settings.max_concurrent_calls, settings.call_lease_seconds)
+        self.telephony.slots = slots
+        self.telephony.outcomes = SharedOutcomes(self.shared)
+        self.registry = SharedCallRegistry(
+            self.shared, slots, lease_s=settings.call_lease_seconds, max_call_seconds=settings.max_call_seconds
+        )
 
     async def start(self) -> None:
+        if self.shared is not None:
+            await self.shared.start()
+            assert isinstance(self.registry, SharedCallRegistry)
+            await self.registry.start()
+            log.info("replica %s: call state shared through Redis", self.shared.replica)
         await self.records.start()
         await self.telephony.start()
         await self.call_actions.start()
@@ -63,10 +85,13 @@ class Services:
             log.warning("no model configured (OPENAI_MODEL): answers come from the documents alone")
 
     async def stop(self) -> None:
+        await self.drain.close()
         await self.registry.close()
         await self.call_actions.aclose()
         await self.telephony.stop()
         await self.records.stop()
+        if self.shared is not None:
+            await self.shared.close()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -83,7 +108,18 @@ class Services:
 
     @property
     def ready(self) -> bool:
-        return self.pipeline is not None and self.retriever is not None and self.retriever.ready
+        return self.unready_because is None
+
+    @property
+    def unready_because(self) -> str | None:
+        """Why this replica should get no new work (None: it should)."""
+        if self.drain.draining:
+            return "draining: finishing live calls before stopping"
+        if self.shared is not None and not self.shared.available:
+            return self.shared.error or "Redis unreachable"
+        if self.pipeline is None or self.retriever is None or not self.retriever.ready:
+            return (self.retriever.error if self.retriever is not None else None) or "starting"
+        return None
 
 
 def services() -> Services:

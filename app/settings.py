@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     max_utterance_chars: int = Field(600, ge=20)
     max_history_chars: int = Field(4000, ge=0)
 
+    # Several replicas: shared call state in Redis, server processes on this machine, deploys
+    redis_url: SecretStr | None = None
+    workers: int = Field(1, ge=1, le=64)
+    drain_seconds: float = Field(900.0, ge=0)
+    # A replica that dies frees its calls' slots within this (its leases are renewed a third as often).
+    call_lease_seconds: float = Field(30.0, ge=3, le=600)
+
     # Call records, knowledge gaps and messages (SQLite under DATA_DIR unless DATABASE_URL names PostgreSQL)
     database_url: SecretStr | None = None
     records_retention_days: int = Field(30, ge=1, le=3650)
@@ -180,9 +187,18 @@ class Settings(BaseSettings):
     def _paths_and_pairs(self) -> Settings:
         if self.agent_instructions_file is not None and not self.agent_instructions_file.is_file():
             raise ValueError(f"AGENT_INSTRUCTIONS_FILE {self.agent_instructions_file} does not exist")
+        if self.workers > 1 and self.redis_url is None:
+            raise ValueError(
+                f"WORKERS={self.workers} needs REDIS_URL: server processes share their calls' state through Redis"
+            )
         return self
 
     # Derived facts, so no module re-derives them differently.
+
+    @property
+    def shared_state(self) -> bool:
+        """Call state lives in Redis (several replicas), not in this process alone."""
+        return self.redis_url is not None
 
     @property
     def llm_enabled(self) -> bool:
@@ -245,7 +261,7 @@ def load_settings(**overrides: object) -> Settings:
         lines = ["Switchboard cannot start; fix these settings (in .env or the environment):"]
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]).upper() or "settings"
-            lines.append(f"  {field}: {error['msg']}")
+            lines.append(f"  {field}: {error['msg'].removeprefix('Value error, ')}")
         sys.exit("\n".join(lines))
 
 

@@ -131,7 +131,13 @@ async def test_outcomes_expire_and_stay_bounded() -> None:
 
 
 def test_failed_reasons() -> None:
-    normal = {EndReason.CALLER_HUNG_UP, EndReason.AGENT_ENDED, EndReason.REQUESTED, EndReason.MAX_DURATION}
+    normal = {
+        EndReason.CALLER_HUNG_UP,
+        EndReason.AGENT_ENDED,
+        EndReason.REQUESTED,
+        EndReason.MAX_DURATION,
+        EndReason.DRAINED,  # a goodbye, not an apology
+    }
     assert {reason for reason in EndReason if not reason.failed} == normal
 
 

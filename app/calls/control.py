@@ -33,6 +33,7 @@ class EndReason(enum.StrEnum):
     UPSTREAM_STALLED = "upstream_stalled"  # no conversation metadata in time, or a send did not complete
     UPSTREAM_DROPPED = "upstream_dropped"  # ElevenLabs sent an error or closed abnormally
     FORMAT_MISMATCH = "format_mismatch"  # the engine does not speak ulaw_8000 both ways
+    DRAINED = "drained"  # the server is stopping and DRAIN_SECONDS ran out: a goodbye, then the line closes
     INTERNAL_ERROR = "internal_error"
 
     @property
@@ -41,7 +42,9 @@ class EndReason(enum.StrEnum):
         return self not in _NORMAL
 
 
-_NORMAL = frozenset({EndReason.CALLER_HUNG_UP, EndReason.AGENT_ENDED, EndReason.REQUESTED, EndReason.MAX_DURATION})
+_NORMAL = frozenset(
+    {EndReason.CALLER_HUNG_UP, EndReason.AGENT_ENDED, EndReason.REQUESTED, EndReason.MAX_DURATION, EndReason.DRAINED}
+)
 
 
 class CallObserver(Protocol):

@@ -39,6 +39,7 @@ _HOW = {
     "max_duration": "reached the maximum call length",
     "fallback": "fallback (the agent could not continue)",
     "busy": "busy (no free line)",
+    "drained": "closed with a goodbye: the server was stopping",
 }
 
 

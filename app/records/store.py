@@ -38,6 +38,8 @@ def end_reason(reason: EndReason) -> str:
         return "agent_ended"
     if reason is EndReason.MAX_DURATION:
         return "max_duration"
+    if reason is EndReason.DRAINED:
+        return "drained"
     return "fallback"
 
 

@@ -199,6 +199,7 @@ class Relay:
 
     async def _finish(self, call: CallControl, reason: EndReason, seconds: float) -> None:
         telephony = self.telephony
+        telephony.calls.pop(call.call_sid, None)
         # Before Twilio's socket closes: the Connect action it posts next reads this.
         await self._shared(telephony.outcomes.record(call.call_sid, reason), "outcome")
         self._count(reason, seconds)
@@ -292,6 +293,7 @@ class Relay:
             return False
         self.out = twilio_frames.Outgoing(start.stream_sid)
         self.call = CallControl(start.call_sid, start.stream_sid, caller, self._send_mark)
+        self.telephony.calls[start.call_sid] = self.call
         return True
 
     async def _claim(self, call_sid: str) -> bool:

@@ -65,6 +65,18 @@ def after_dial_twiml(settings: Settings, status: str, department: str | None) ->
     return r
 
 
+def drained_twiml(settings: Settings) -> VoiceResponse:
+    """The server is stopping and DRAIN_SECONDS ran out: a short goodbye, or a person if there is one."""
+    r = VoiceResponse()
+    if settings.fallback_number:
+        r.say("I'm sorry, I have to end our call here. Let me put you through to a member of our team.")
+        r.dial(settings.fallback_number, timeout=DIAL_TIMEOUT_S)
+    else:
+        r.say(f"I'm sorry, I have to end our call here. Thank you for calling {settings.company_name}. Goodbye.")
+    r.hangup()
+    return r
+
+
 class CallActions:
     """Twilio REST actions, with one async HTTP client opened before serving and closed after."""
 
@@ -78,8 +90,13 @@ class CallActions:
     def transfers(self) -> bool:
         return transfers_configured(self.settings)
 
+    @property
+    def rest(self) -> bool:
+        """Twilio's REST API can be reached: live calls can be redirected."""
+        return bool(self.settings.twilio_account_sid and self.settings.twilio_auth_token is not None)
+
     async def start(self) -> None:
-        if self.transfers:
+        if self.rest:
             self._http = AsyncTwilioHttpClient(timeout=self.timeout)
 
     async def aclose(self) -> None:
@@ -87,28 +104,33 @@ class CallActions:
             await self._http.close()
             self._http = None
 
-    async def transfer(self, call_sid: str, department: str, say: str | None = None) -> bool:
-        """Redirect the live call to dial the department's number. True when Twilio accepted it."""
-        if self._http is None or department not in self.settings.transfer_targets:
-            self.metrics.call_actions.labels("transfer", "unavailable").inc()
+    async def redirect(self, call_sid: str, twiml: VoiceResponse, what: str) -> bool:
+        """Replace what the live call is doing with `twiml` (Twilio stops its stream). True when accepted."""
+        if self._http is None:
+            self.metrics.call_actions.labels(what, "unavailable").inc()
             return False
-        twiml = str(transfer_twiml(self.settings, department, say))
         client = rest_client(self.settings, self._http)
         try:
             async with asyncio.timeout(self.timeout):
-                await client.calls(call_sid).update_async(twiml=twiml)
+                await client.calls(call_sid).update_async(twiml=str(twiml))
         except Exception as exc:
             status = getattr(exc, "status", None)
-            self.metrics.call_actions.labels("transfer", "failed").inc()
+            self.metrics.call_actions.labels(what, "failed").inc()
             log.error(
-                "transfer to %s failed: %s%s",
-                department,
-                type(exc).__name__,
-                f" (HTTP {status})" if status else "",
+                "%s failed: %s%s", what, type(exc).__name__, f" (HTTP {status})" if status else "",
                 extra={"call_sid": call_sid},
-            )
+            )  # fmt: skip
             return False
-        self.metrics.call_actions.labels("transfer", "redirected").inc()
+        self.metrics.call_actions.labels(what, "redirected").inc()
+        return True
+
+    async def transfer(self, call_sid: str, department: str, say: str | None = None) -> bool:
+        """Redirect the live call to dial the department's number. True when Twilio accepted it."""
+        if not self.transfers or department not in self.settings.transfer_targets:
+            self.metrics.call_actions.labels("transfer", "unavailable").inc()
+            return False
+        if not await self.redirect(call_sid, transfer_twiml(self.settings, department, say), "transfer"):
+            return False
         number = self.settings.transfer_targets[department]
         log.info("call redirected to %s (%s)", department, mask_digits(number), extra={"call_sid": call_sid})
         return True

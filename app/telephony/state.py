@@ -17,7 +17,7 @@ import httpx
 from elevenlabs.client import AsyncElevenLabs
 
 from app.calls.admission import Admission, CallSlots
-from app.calls.control import CallObserver
+from app.calls.control import CallControl, CallObserver
 from app.calls.outcomes import Outcomes, StreamOutcomes
 from app.observability import Metrics
 from app.settings import Settings
@@ -52,6 +52,7 @@ class Telephony:
         self.slots: Admission = CallSlots(settings.max_concurrent_calls)
         self.outcomes: Outcomes = StreamOutcomes()
         self.observers: list[CallObserver] = []
+        self.calls: dict[str, CallControl] = {}  # the streams this process holds, by call SID
         self.elevenlabs: AsyncElevenLabs | None = None
         self._http: httpx.AsyncClient | None = None
         # Conversation sockets to ElevenLabs: aiohttp's WebSocket client costs about half as much CPU

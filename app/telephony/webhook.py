@@ -24,7 +24,7 @@ from app.services import services
 from app.settings import Settings
 from app.telephony import call_token
 from app.telephony.bridge import STREAM_PATH
-from app.telephony.call_actions import DIAL_ACTION_PATH, after_dial_twiml
+from app.telephony.call_actions import DIAL_ACTION_PATH, after_dial_twiml, drained_twiml
 from app.telephony.signatures import public_url, raw_path, stream_url, valid_signature
 from app.telephony.state import Telephony
 
@@ -35,6 +35,7 @@ INCOMING_PATH = "/incoming-call"
 ACTION_PATH = "/connect-action"
 _CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 SHARED_TIMEOUT_S = 1.0
+MAX_HANDOFFS = 3  # webhooks a replica that takes no calls hands on before turning the caller away
 
 
 def _twiml(response: VoiceResponse) -> Response:
@@ -63,6 +64,8 @@ def connect_twiml(settings: Settings, caller: str, token: str) -> VoiceResponse:
 
 def ended_twiml(settings: Settings, reason: EndReason | None) -> VoiceResponse:
     """What the caller hears once the stream has ended. Never silence."""
+    if reason is EndReason.DRAINED:
+        return drained_twiml(settings)
     r = VoiceResponse()
     if reason is EndReason.MAX_DURATION:
         r.say("We have reached the time limit for this call. Thank you for calling, goodbye.")
@@ -89,14 +92,36 @@ async def _signed_form() -> object | None:
     return form if valid_signature(settings, [url], form, request.headers) else None
 
 
-async def _reserve(telephony: Telephony, call_sid: str) -> bool:
-    """A slot for the call; none when every slot is taken, or the shared store cannot say."""
+def _not_here(call_sid: str, now: datetime, log_extra: dict[str, str]) -> VoiceResponse:
+    """This replica takes no new call (it is draining, or Redis is unreachable): hand the webhook to
+    another replica if one takes calls (Twilio posts it again, and the load balancer routes it
+    elsewhere), else turn the caller away to FALLBACK_NUMBER or with the busy message."""
+    svc = services()
+    settings = svc.settings
+    attempt = request.args.get("attempt", "1")
+    attempt_no = int(attempt) if attempt.isdigit() and len(attempt) < 3 else MAX_HANDOFFS
+    shared = svc.shared
+    if shared is not None and shared.available and shared.others_taking_calls and attempt_no < MAX_HANDOFFS:
+        svc.metrics.twilio_rejected.labels("handed_on").inc()
+        log.info("incoming call handed to another replica (attempt %d)", attempt_no, extra=log_extra)
+        r = VoiceResponse()
+        r.redirect(public_url(settings, INCOMING_PATH, f"attempt={attempt_no + 1}".encode()), method="POST")
+        return r
+    why = "draining" if svc.drain.draining else "shared_state_unavailable"
+    svc.metrics.twilio_rejected.labels(why).inc()
+    log.warning("incoming call turned away: %s", why.replace("_", " "), extra=log_extra)
+    svc.records.record(CallRefused(call_sid, "busy", now))
+    return ended_twiml(settings, None) if settings.fallback_number else busy_twiml(settings)
+
+
+async def _reserve(telephony: Telephony, call_sid: str) -> bool | None:
+    """A slot for the call: False when every slot is taken, None when the shared store cannot say."""
     try:
         async with asyncio.timeout(SHARED_TIMEOUT_S):
             return await telephony.slots.reserve(call_sid)
     except Exception as exc:
         log.warning("admission unavailable: %s", exc or type(exc).__name__, extra={"call_sid": call_sid})
-        return False
+        return None
 
 
 async def _outcome(telephony: Telephony, call_sid: str) -> EndReason | None:
@@ -132,10 +157,15 @@ async def incoming_call() -> Response | tuple[str, int]:
         log.error("incoming call sent to the fallback: ElevenLabs is not configured", extra=log_extra)
         svc.records.record(CallRefused(call_sid, "fallback", now))
         return _twiml(ended_twiml(settings, None))
-    if not await _reserve(telephony, call_sid):
+    if svc.drain.draining or (svc.shared is not None and not svc.shared.available):
+        return _twiml(_not_here(call_sid, now, log_extra))
+    admitted = await _reserve(telephony, call_sid)
+    if admitted is None:
+        return _twiml(_not_here(call_sid, now, log_extra))
+    if not admitted:
         svc.records.record(CallRefused(call_sid, "busy", now))
         svc.metrics.twilio_rejected.labels("busy").inc()
-        log.warning("incoming call refused: %d calls already live", telephony.slots.live, extra=log_extra)
+        log.warning("incoming call refused: no free line", extra=log_extra)
         return _twiml(busy_twiml(settings))
     key = call_token.derive_key(settings.secret("twilio_auth_token") or "")
     token = call_token.issue(key, call_sid, caller, time.time())

@@ -8,7 +8,7 @@ import socket
 import httpx
 from quart import Quart
 
-from app.server import serve
+from app.serving.server import serve
 
 
 def bound_socket() -> socket.socket:

@@ -69,6 +69,7 @@ class Webhook:
     action_url: str | None = None
     said: list[str] = field(default_factory=list)
     dialled: list[str] = field(default_factory=list)
+    redirect_url: str | None = None
 
     @classmethod
     def parse(cls, status: int, body: str) -> Webhook:
@@ -84,6 +85,7 @@ class Webhook:
             hook.parameters = {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
         hook.said = [say.text or "" for say in root.iter("Say")]
         hook.dialled = [(dial.text or "").strip() for dial in root.iter("Dial")]
+        hook.redirect_url = next(((r.text or "").strip() for r in root.iter("Redirect")), None)
         return hook
 
 
@@ -180,6 +182,12 @@ class TwilioCaller:
         self.webhook = await self.post(f"{self.public_url}{path}", self.form(), **kw)
         return self.webhook
 
+    async def follow_redirect(self, **kw: Any) -> Webhook:
+        """What Twilio does with `<Redirect>`: post the same call's form to the URL it names."""
+        assert self.webhook is not None and self.webhook.redirect_url
+        self.webhook = await self.post(self.webhook.redirect_url, self.form(), **kw)
+        return self.webhook
+
     async def connect_action(self, **kw: Any) -> Webhook:
         """What Twilio does when <Connect> ends: POST the action URL from the TwiML."""
         assert self.webhook is not None and self.webhook.action_url
@@ -187,12 +195,19 @@ class TwilioCaller:
 
     # --- the media stream -------------------------------------------------------------------
 
-    async def open_stream(self, *, url: str | None = None, signature: str | None = None, sign: bool = True) -> None:
+    async def open_stream(
+        self,
+        *,
+        url: str | None = None,
+        signature: str | None = None,
+        sign: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         """Open the TwiML's stream URL with a signed upgrade. Raises InvalidStatus when refused."""
         if url is None:
             assert self.webhook is not None and self.webhook.stream_url
             url = self.webhook.stream_url
-        headers = {}
+        headers = dict(headers or {})
         if sign:
             headers["X-Twilio-Signature"] = signature or self.validator.compute_signature(url, {})
         self.ws = await connect(self._local(url), additional_headers=headers, compression=None, open_timeout=10)

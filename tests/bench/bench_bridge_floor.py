@@ -42,7 +42,7 @@ def _serve(kind: str, port: int) -> None:
     from hypercorn.asyncio import serve
     from quart import Quart, websocket
 
-    from app.server import hypercorn_config
+    from app.serving.server import hypercorn_config
 
     quart = Quart(__name__)
 

@@ -19,13 +19,17 @@ async def healthz() -> tuple[dict[str, str], int]:
 async def readyz() -> tuple[dict[str, object], int]:
     svc = services()
     retriever = svc.retriever
+    reason = svc.unready_because
     body: dict[str, object] = {
-        "ready": svc.ready,
+        "ready": reason is None,
         "index_build": retriever.build.build_id if retriever is not None and retriever.build is not None else None,
+        "draining": svc.drain.draining,
     }
-    if retriever is not None and retriever.error:
-        body["reason"] = retriever.error
-    return body, 200 if svc.ready else 503
+    if svc.shared is not None:
+        body["replica"] = svc.shared.replica
+    if reason is not None:
+        body["reason"] = reason
+    return body, 200 if reason is None else 503
 
 
 @health.get("/metrics")

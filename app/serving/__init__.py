@@ -1,0 +1,1 @@
+"""Serving: Hypercorn tuned for calls, health and readiness, draining on SIGTERM, and worker processes."""

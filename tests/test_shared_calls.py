@@ -1,0 +1,156 @@
+"""Call state shared through a real redis-server: two replicas in this process, each with its own
+identity and connection, exactly as two server processes would have."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from app.calls.control import EndReason
+from app.calls.registry import END_TOOL, TRANSFER_TOOL, CallAction
+from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState
+from tests.servers import RedisServer, redis_server
+from tests.test_call_registry import FAST, OTHER_SID, SID, Actions, Stream
+
+LEASE_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+async def empty(redis: RedisServer) -> None:
+    if not redis.answering():
+        redis.start()
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis.url)
+    await client.flushall()
+    await client.aclose()
+
+
+@asynccontextmanager
+async def replica(
+    redis: RedisServer, limit: int = 2
+) -> AsyncIterator[tuple[SharedState, SharedSlots, SharedCallRegistry]]:
+    state = SharedState(redis.url)
+    await state.start()
+    slots = SharedSlots(state, limit, LEASE_S)
+    registry = SharedCallRegistry(state, slots, lease_s=LEASE_S, max_call_seconds=60, timings=FAST)
+    await registry.start()
+    try:
+        yield state, slots, registry
+    finally:
+        await registry.close()
+        await state.close()
+
+
+async def eventually(check: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110 - polls shared state another replica changes
+            await asyncio.sleep(0.1)
+
+
+async def test_admission_counts_every_replicas_calls_and_a_dead_replicas_slots_lapse(redis) -> None:
+    async with replica(redis) as (_, a, _ra), replica(redis) as (_, b, _rb):
+        assert await a.reserve(SID) and await a.claim(SID)
+        assert await b.reserve(OTHER_SID) and await b.claim(OTHER_SID)
+        third = "CA" + "3" * 32
+        assert not await a.reserve(third) and not await b.reserve(third)  # two calls, on two replicas
+        assert not await b.claim(SID)  # a second stream for a live call, wherever it arrives
+        await b.release(OTHER_SID)
+        assert await a.reserve(third)
+        await a.release(third)
+        # Replica `a` dies: nothing renews its call's lease, so its slot lapses within the lease.
+        a.held.clear()
+        fourth = "CA" + "4" * 32
+
+        async def admitted() -> bool:
+            return await b.reserve(fourth)
+
+        await eventually(admitted, timeout=LEASE_S * 3)
+
+
+async def test_a_tool_is_claimed_once_however_many_replicas_ask_at_once(redis) -> None:
+    async with replica(redis) as (_, _, ra), replica(redis) as (_, _, rb):
+        stream = Stream()
+        await rb.call_started(stream.control)
+        remote = await ra.find(call_sid=SID)
+        local = rb.lookup(call_sid=SID)
+        assert remote is not None and local is not None and remote is not local
+        results = await asyncio.gather(*(c.claim(TRANSFER_TOOL, (END_TOOL,)) for c in [remote, local] * 10))
+        assert results.count("accepted") == 1 and set(results) == {"accepted", "limit"}
+        assert await local.claim(END_TOOL, (TRANSFER_TOOL,)) == "conflict"
+
+
+async def test_the_brain_on_one_replica_acts_on_a_call_held_by_another_once_the_line_is_heard(redis) -> None:
+    async with replica(redis) as (_, _, brain), replica(redis) as (_, _, holder):
+        holder.executor = actions = Actions()
+        stream = Stream()
+        await holder.call_started(stream.control)
+        earlier = stream.play()  # the agent's previous answer is still playing when the turn begins
+        call = await brain.find(conversation_id="conv_1", timeout=2)
+        assert call is not None and call.call_sid == SID and call.caller == "+14155550100"
+        line = call.line()
+        await asyncio.sleep(0.01)
+        assert await call.claim(TRANSFER_TOOL, (END_TOOL,)) == "accepted"
+        call.after_line(CallAction("transfer", "sales"), line)
+        await asyncio.sleep(0.2)
+        assert actions.done == []  # the turn's text is still going out
+        line.spoken.set()
+        stream.control.mark_echoed(earlier)
+        await asyncio.sleep(0.3)
+        assert actions.done == []  # what played was the earlier answer, not this line
+        mark = stream.play()
+        await asyncio.sleep(0.2)
+        assert actions.done == []  # this line is playing, not yet heard
+        stream.control.mark_echoed(mark)
+        async with asyncio.timeout(5):
+            await actions.acted.wait()
+        assert actions.done == [(SID, "transfer")]
+
+
+async def test_the_brain_may_ask_before_the_bridge_has_announced_the_call(redis) -> None:
+    async with replica(redis) as (_, _, brain), replica(redis) as (_, _, holder):
+        waiting = asyncio.create_task(brain.find(call_sid=SID, timeout=5))
+        await asyncio.sleep(0.2)
+        await holder.call_started(Stream().control)
+        found = await waiting
+        assert found is not None and found.conversation_id == "conv_1"
+        assert await brain.find(call_sid=OTHER_SID, timeout=0.2) is None
+
+
+async def test_a_stream_outcome_is_read_where_the_connect_action_lands(redis) -> None:
+    async with replica(redis) as (a, _, _ra), replica(redis) as (b, _, _rb):
+        await SharedOutcomes(a).record(SID, EndReason.DRAINED)
+        assert await SharedOutcomes(b).get(SID) is EndReason.DRAINED
+        assert await SharedOutcomes(b).get(OTHER_SID) is None
+
+
+async def test_without_redis_claims_say_unavailable_and_everything_returns_with_it(redis) -> None:
+    async with replica(redis) as (brain_state, _, brain), replica(redis) as (_, _, holder):
+        stream = Stream()
+        await holder.call_started(stream.control)
+        call = await brain.find(call_sid=SID)
+        assert call is not None
+        redis.stop()
+        assert await call.claim(TRANSFER_TOOL) == "unavailable"
+        await brain_state.beat()
+        assert not brain_state.available and "Redis unreachable" in (brain_state.error or "")
+        assert await brain.find(call_sid=SID) is None  # cannot say: no call tools rather than a guess
+        redis.start()  # empty: a restarted Redis has lost every key
+
+        async def back() -> bool:
+            await brain_state.beat()
+            return brain_state.available and await brain.find(call_sid=SID) is not None
+
+        await eventually(back, timeout=LEASE_S * 3)  # the holder's renewal put its call back
+        again = await brain.find(call_sid=SID)
+        assert again is not None and await again.claim(TRANSFER_TOOL) == "accepted"
