@@ -141,8 +141,11 @@ class Outbox:
         """Called after a transaction that may have announced something has committed."""
         if self._announced:
             self._announced = False
-            for woken in self._listeners:
-                woken.set()
+            self.wake()
+
+    def wake(self) -> None:
+        for woken in self._listeners:
+            woken.set()
 
 
 # --- the delivery side ------------------------------------------------------------------------------
