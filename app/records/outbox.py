@@ -108,9 +108,10 @@ class Outbox:
         not_before: datetime | None = None,
     ) -> None:
         """Add the event for every destination that takes it, in the caller's transaction."""
+        event_id = event_id or new_event_id()
         rows = [
             {
-                "event_id": event_id or new_event_id(),
+                "event_id": event_id,
                 "type": event_type,
                 "created_at": at,
                 "destination": d.address,
@@ -124,9 +125,6 @@ class Outbox:
         ]
         if not rows:
             return
-        event = rows[0]["event_id"]
-        for row in rows:
-            row["event_id"] = event
         statement = _insert(conn).on_conflict_do_nothing(index_elements=[outbox.c.event_id, outbox.c.destination])
         await conn.execute(statement, rows)
         self._announced = True
