@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status: int | None = None  # what it was answered; None while held
+    at: float = field(default_factory=time.perf_counter)  # when it arrived
 
     @property
     def event(self) -> dict[str, Any]:

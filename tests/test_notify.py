@@ -21,6 +21,7 @@ from app.notify.signature import HEADER
 from app.observability import Metrics
 from app.records.events import CallEnded, CallReceived, TurnDone
 from app.records.outbox import lease_next
+from app.records.queries import get_call
 from app.records.schema import outbox
 from app.records.store import RecordsStore
 from app.settings import Settings
@@ -522,6 +523,8 @@ async def test_a_call_that_leaves_a_message_announces_it_and_its_end_signed_to_t
         await receiver.wait(lambda r: len(r.delivered()) == 2)
         sid = phone.caller.call_sid
         caller = phone.caller.caller
+        async with phone.svc.records.engine.connect() as conn:
+            recorded = await get_call(conn, sid)
     assert answer.text == "I've passed that on: someone will call you back."
     left, ended = receiver.requests
     assert left.event["type"] == "message.created" and ended.event["type"] == "call.ended"
@@ -530,7 +533,9 @@ async def test_a_call_that_leaves_a_message_announces_it_and_its_end_signed_to_t
     assert message["message"] == "Please call me about my bill." and message["name"] == "Dana Smith"
     data = ended.event["data"]
     assert data["call_sid"] == sid and data["caller"] == caller and data["ended"] == "caller_hung_up"
-    assert data["turns"] == 1 and data["messages"] == 1 and data["unanswered"] is False and data["duration_s"] > 0
+    assert data["turns"] == 1 and data["messages"] == 1 and data["unanswered"] is False
+    assert recorded is not None and data["duration_s"] == round(recorded.call.duration_s, 1)
+    assert data["started_at"] == recorded.call.started_at.isoformat(timespec="seconds")
     assert data["review_url"] == f"https://switchboard.example/admin/calls/{sid}"
     for request in (left, ended):
         assert request.headers["Content-Type"] == "application/json"
