@@ -460,9 +460,10 @@ async def test_notify_test_pings_every_destination_and_prints_what_each_answered
 # --- retention ------------------------------------------------------------------------------------------
 
 
-async def test_retention_deletes_events_done_before_the_window_and_keeps_the_rest(
+async def test_retention_deletes_events_done_before_the_window_and_the_review_page_lists_the_rest(
     notify_settings: Callable[..., Settings],
 ) -> None:
+    from app.records.outbox import dead_events, waiting
     from app.records.retention import purge
 
     now = datetime.now(UTC)
@@ -476,9 +477,13 @@ async def test_retention_deletes_events_done_before_the_window_and_keeps_the_res
             await conn.execute(update(outbox).where(outbox.c.id == ids[0]).values(state="delivered", done_at=old))
             await conn.execute(update(outbox).where(outbox.c.id == ids[1]).values(state="dead", done_at=old))
             await conn.execute(update(outbox).where(outbox.c.id == ids[2]).values(state="delivered", done_at=now))
+        async with replica.store.engine.connect() as conn:  # what the review page shows
+            (queue,) = await waiting(conn)
+            (dead,) = await dead_events(conn, 10)
         gone = await purge(replica.store.engine, 30, now)
         left = [(row.id, row.state) for row in await replica.rows()]
     assert gone["events"] == 2 and left == [(ids[2], "delivered"), (ids[3], "pending")]
+    assert (queue.pending, queue.destination.shown) == (1, "http://127.0.0.1:9/…") and dead.id == ids[1]
 
 
 # --- whole calls through the real routes -------------------------------------------------------------
