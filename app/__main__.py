@@ -1,4 +1,5 @@
-"""`python -m app`: serve Switchboard with Hypercorn on PORT; `calls`, `gaps`, `messages`: read the records."""
+"""`python -m app`: serve Switchboard with Hypercorn on PORT; `calls`, `gaps`, `messages`: read the records;
+`notify test`: try the webhooks and e-mail."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uvloop
 
 from app import create_app
 from app.knowledge.index import live_build_id
+from app.notify import cli as notify_cli
 from app.observability import configure_logging
 from app.records import cli
 from app.records.messages import parse_since
@@ -48,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("messages", help="the messages callers left, oldest first")
     listing.add_argument("--since", help="a date (2024-05-01) or a duration (12h, 7d)")
     listing.add_argument("--json", action="store_true", help="one JSON array, for machines")
+    notify = commands.add_parser("notify", help="`notify test`: a signed ping to every webhook, a test e-mail")
+    notify.add_argument("action", choices=["test"])
     return parser
 
 
@@ -75,6 +79,8 @@ def main() -> None:
     args = _parser().parse_args()
     if args.command in ("calls", "gaps", "messages"):
         sys.exit(_read(args.command, args))
+    if args.command == "notify":
+        sys.exit(asyncio.run(notify_cli.test(load_settings(), sys.stdout)))
 
     generated = ensure_env_file()
     settings = load_settings()

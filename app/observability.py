@@ -183,6 +183,12 @@ class Metrics:
         self.records_write_errors = Counter(
             "switchboard_records_write_errors_total", "Failed writes to the records store", registry=self.registry
         )
+        self.notify_deliveries = Counter(
+            "switchboard_notify_deliveries_total",
+            "Webhook and e-mail sends by outcome: delivered, failed (to be retried or dead), dead (given up)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
         self.records_pending = Gauge(
             "switchboard_records_pending", "Records waiting to be written", registry=self.registry
         )

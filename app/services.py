@@ -17,6 +17,7 @@ from app.calls.registry import InProcessCallRegistry
 from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState
 from app.knowledge.index import query_encoder_for
 from app.knowledge.retrieval import Retriever
+from app.notify.delivery import Delivery, notify_status
 from app.observability import Metrics
 from app.records.store import RecordsStore
 from app.serving.drain import Drain
@@ -43,6 +44,7 @@ class Services:
         self.call_actions = CallActions(settings, self.metrics)
         self.toolbox: Toolbox | None = None
         self.records = RecordsStore(settings, self.metrics, self._embed_question)
+        self.delivery = Delivery(settings, self.metrics, self.records.engine, self.records.outbox, self.records.ready)
         self.telephony.observers += [self.registry, self.records]
         self.drain = Drain(self)
 
@@ -64,6 +66,9 @@ class Services:
             await self.registry.start()
             log.info("replica %s: call state shared through Redis", self.shared.replica)
         await self.records.start()
+        self.delivery.start()
+        for line in notify_status(self.settings):
+            log.warning(line)
         await self.telephony.start()
         await self.call_actions.start()
         self.toolbox = Toolbox(self.settings, self.metrics, self.registry, self.call_actions, self.records)
@@ -89,6 +94,7 @@ class Services:
         await self.registry.close()
         await self.call_actions.aclose()
         await self.telephony.stop()
+        await self.delivery.stop()
         await self.records.stop()
         if self.shared is not None:
             await self.shared.close()

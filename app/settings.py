@@ -36,6 +36,8 @@ _DATABASE_SCHEMES = {
 DEFAULT_GREETING = "Thanks for calling {COMPANY_NAME}. How can I help?"
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _DEPARTMENT = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_EMAIL = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+$")
+_MAX_URL = 1000
 
 
 class Settings(BaseSettings):
@@ -110,6 +112,13 @@ class Settings(BaseSettings):
     # HTTP Basic password of user `admin` on the review page /admin; unset refuses every request there.
     admin_password: SecretStr | None = None
 
+    # Notifications: signed webhooks (none without the secret) and e-mail for new messages.
+    # Webhook URLs often carry a token in their path: secrets, like the rest.
+    notify_webhook_url: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    notify_webhook_secret: SecretStr | None = None
+    notify_email_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    smtp_url: SecretStr | None = None
+
     # Logs
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -151,6 +160,45 @@ class Settings(BaseSettings):
         scheme = urlsplit(value.get_secret_value()).scheme
         if scheme not in _DATABASE_SCHEMES:
             raise ValueError("DATABASE_URL must be postgresql://user:password@host:5432/dbname (or sqlite:///path)")
+        return value
+
+    @field_validator("notify_webhook_url", "notify_email_to", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("notify_webhook_url")
+    @classmethod
+    def _webhook_urls(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for url in value:
+            parts = urlsplit(url.get_secret_value())
+            if parts.scheme not in ("https", "http") or not parts.hostname or len(url.get_secret_value()) > _MAX_URL:
+                raise ValueError(
+                    f"NOTIFY_WEBHOOK_URL entry {parts.scheme}://{parts.hostname}/… must look like "
+                    "https://hooks.example/switchboard (at most 1000 characters)"
+                )
+        return list({url.get_secret_value(): url for url in value}.values())
+
+    @field_validator("notify_email_to")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not _EMAIL.match(address):
+                raise ValueError(f"NOTIFY_EMAIL_TO entry {address!r} is not an e-mail address (team@example.com)")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        try:
+            valid = parts.scheme in ("smtp", "smtps") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port that is not a number
+            valid = False
+        if not valid:
+            raise ValueError("SMTP_URL must look like smtp://user:password@mail.example:587 (or smtps:// for port 465)")
         return value
 
     @field_validator("fallback_number", "twilio_phone_number")
@@ -225,6 +273,17 @@ class Settings(BaseSettings):
             return f"sqlite+aiosqlite:///{(self.data_dir / RECORDS_FILE).resolve()}"
         scheme, sep, rest = url.partition("://")
         return _DATABASE_SCHEMES[scheme] + sep + rest
+
+    @property
+    def webhook_urls(self) -> list[str]:
+        """Where webhooks go: none without NOTIFY_WEBHOOK_SECRET, so nothing is ever sent unsigned."""
+        if self.notify_webhook_secret is None:
+            return []
+        return [url.get_secret_value() for url in self.notify_webhook_url]
+
+    @property
+    def email_enabled(self) -> bool:
+        return bool(self.notify_email_to) and self.smtp_url is not None
 
     def secret(self, name: str) -> str | None:
         """The plain value of a secret field, for the one place that needs it."""

@@ -194,13 +194,13 @@ async def test_retention_deletes_exactly_what_is_older_than_the_window(store: Re
     )
     await store.messages.mark_handled(handled_old.id, now=old)
     gone = await purge(store.engine, 30, now)
-    assert gone == {"turns": 1, "calls": 1, "messages": 1, "gaps": 0, "passages": 1}
+    assert gone == {"turns": 1, "calls": 1, "messages": 1, "gaps": 0, "passages": 1, "events": 0}
     async with store.engine.connect() as conn:
         assert (await conn.execute(select(calls.c.call_sid))).scalars().all() == [sid(2)]
         assert (await conn.execute(select(turns.c.caller_text))).scalars().all() == ["recent question"]
         assert (await conn.execute(select(messages.c.id))).scalars().all() == [open_old.id]
         assert (await conn.execute(select(func.count()).select_from(passages))).scalar_one() == 0
-    assert await purge(store.engine, 30, now) == {"turns": 0, "calls": 0, "messages": 0, "gaps": 0, "passages": 0}
+    assert not any((await purge(store.engine, 30, now)).values())
 
 
 async def test_the_calls_list_pages_by_keyset_and_filters_by_outcome(store: RecordsStore) -> None:

@@ -47,3 +47,21 @@ def test_the_records_store_is_sqlite_in_data_dir_unless_database_url_names_postg
     assert "pw" not in repr(pg) and "pw" not in str(pg.model_dump())
     with pytest.raises(ValidationError, match="DATABASE_URL must be postgresql://"):
         Settings(_env_file=None, database_url="mysql://db.example/sb")
+
+
+def test_webhook_urls_are_secrets_and_none_are_used_without_the_signing_secret() -> None:
+    url = "https://hooks.example/T0/B0/xoxb-token"
+    unsigned = Settings(_env_file=None, notify_webhook_url=f"{url}, {url}, http://127.0.0.1:9/hook")
+    assert unsigned.webhook_urls == [] and "xoxb-token" not in repr(unsigned)
+    signed = Settings(
+        _env_file=None, notify_webhook_url=f"{url}, {url}, http://127.0.0.1:9/hook", notify_webhook_secret="s"
+    )
+    assert signed.webhook_urls == [url, "http://127.0.0.1:9/hook"] and "xoxb-token" not in repr(signed)
+    with pytest.raises(ValidationError, match=re.escape("NOTIFY_WEBHOOK_URL entry ftp://hooks.example/…")):
+        Settings(_env_file=None, notify_webhook_url="ftp://hooks.example/secret-path")
+    with pytest.raises(ValidationError, match="NOTIFY_EMAIL_TO entry 'team' is not an e-mail address"):
+        Settings(_env_file=None, notify_email_to="team")
+    with pytest.raises(ValidationError, match="SMTP_URL must look like smtp://"):
+        Settings(_env_file=None, smtp_url="smtp://mail.example:submission")
+    mail = Settings(_env_file=None, notify_email_to="a@example.com, b@example.com", smtp_url="smtp://u:pw@mail.example")
+    assert mail.email_enabled and mail.notify_email_to == ["a@example.com", "b@example.com"] and "pw" not in repr(mail)

@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.admin.charts import latency_bar, per_day_bars
 from app.admin.guard import CSRF_FIELD, SECURITY_HEADERS, csrf_token, csrf_valid, refusal, same_origin
+from app.records.outbox import dead_events, send_again, waiting
 from app.records.queries import (
     GAPS_PAGE,
     OUTCOMES,
@@ -28,6 +29,7 @@ log = logging.getLogger("switchboard.admin")
 admin = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates", static_folder="static")
 
 MESSAGES_PAGE = 50
+DEAD_PAGE = 50
 
 
 @admin.before_request
@@ -160,3 +162,39 @@ async def messages() -> str:
 async def message_handled(message_id: int) -> Response:
     await services().records.messages.mark_handled(message_id)
     return redirect(url_for("admin.messages"), 303)
+
+
+@admin.get("/deliveries")
+async def deliveries() -> str:
+    before = request.args.get("before", type=int)
+    async with services().records.engine.connect() as conn:
+        rows = await dead_events(conn, DEAD_PAGE + 1, before)
+        queues = await waiting(conn)
+    more = rows[DEAD_PAGE - 1].id if len(rows) > DEAD_PAGE else None
+    return await _page(
+        "admin/deliveries.html",
+        rows=rows[:DEAD_PAGE],
+        queues=queues,
+        destinations=services().records.outbox.destinations,
+        next_url=url_for("admin.deliveries", before=more) if more else None,
+        paged=before is not None,
+    )
+
+
+@admin.post("/deliveries/<int:row_id>/send-again")
+async def send_one_again(row_id: int) -> Response:
+    return await _send_again(row_id)
+
+
+@admin.post("/deliveries/send-again")
+async def send_all_again() -> Response:
+    return await _send_again(None)
+
+
+async def _send_again(row_id: int | None) -> Response:
+    """Dead events back in line with a fresh day of retries; this replica's workers look at once."""
+    records = services().records
+    async with records.engine.begin() as conn:
+        await send_again(conn, datetime.now(UTC), records.outbox.retry_for, row_id)
+    records.outbox.wake()
+    return redirect(url_for("admin.deliveries"), 303)

@@ -40,8 +40,8 @@ class GapGrouper:
         self._sums: dict[int, np.ndarray] = {}
         self._seen = 0  # the highest gap id read from the store
 
-    async def assign(self, conn: AsyncConnection, question: str, vector: np.ndarray, at: datetime) -> int:
-        """The id of the gap this question belongs to, counting it there (or a new gap)."""
+    async def assign(self, conn: AsyncConnection, question: str, vector: np.ndarray, at: datetime) -> tuple[int, bool]:
+        """The id of the gap this question belongs to, counting it there, and whether it is a new gap."""
         await self._catch_up(conn)
         best, best_id = -1.0, None
         for gap_id, total in self._sums.items():
@@ -61,7 +61,7 @@ class GapGrouper:
                     .values(count=gaps.c.count + 1, last_asked_at=at, handled_at=None, vector=_blob(total))
                 )
                 self._sums[best_id] = total
-                return best_id
+                return best_id, False
             del self._sums[best_id]  # deleted by retention meanwhile
         new_id = (
             await conn.execute(
@@ -72,7 +72,7 @@ class GapGrouper:
         ).scalar_one()
         self._sums[new_id] = vector.astype(np.float32)
         self._seen = max(self._seen, new_id)
-        return new_id
+        return new_id, True
 
     def forget(self) -> None:
         """Drop what is cached (after a failed transaction, or a purge): the store is the truth."""

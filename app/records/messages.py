@@ -2,7 +2,8 @@
 
 Each message is committed before the tool answers the model, so a caller who hangs up straight
 after leaving it loses nothing; if it cannot be written, the agent is told so (and offers a
-transfer) rather than promising a call back. The message text is redacted like every record.
+transfer) rather than promising a call back. The message text is redacted like every record. Its
+`message.created` event goes into the outbox in the same transaction.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import phonenumbers
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.records.outbox import MESSAGE_CREATED, Outbox
 from app.records.redact import redact
 from app.records.schema import calls, messages
 from app.records.writer import upsert_call
@@ -83,13 +85,25 @@ class Message:
             "handled_at": self.handled_at.isoformat(timespec="seconds") if self.handled_at else None,
         }
 
+    def announced(self) -> dict[str, Any]:
+        """The data of its `message.created` event."""
+        return {
+            "message_id": self.id,
+            "name": self.name,
+            "callback_number": self.callback_number,
+            "message": self.message,
+            "call_sid": self.call_sid,
+            "left_at": self.created_at.isoformat(timespec="seconds"),
+        }
+
 
 _COLUMNS = [messages.c[name] for name in Message.__dataclass_fields__]
 
 
 class MessageStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, outbox: Outbox) -> None:
         self.engine = engine
+        self.outbox = outbox
 
     async def add(
         self,
@@ -116,7 +130,10 @@ class MessageStore:
             new_id = (await conn.execute(insert(messages).values(**row).returning(messages.c.id))).scalar_one()
             if call_sid is not None:
                 await upsert_call(conn, call_sid, {"messages": 1}, lambda _: {"messages": calls.c.messages + 1})
-        return Message(new_id, **row)
+            saved = Message(new_id, **row)
+            await self.outbox.announce(conn, MESSAGE_CREATED, saved.announced(), saved.created_at, call_sid=call_sid)
+        self.outbox.committed()
+        return saved
 
     async def since(self, when: datetime | None = None, *, handled: bool | None = None) -> list[Message]:
         """Messages from `when` on, oldest first; `handled` False/True keeps only open/handled ones."""

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Date, cast, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.records.outbox import count_dead
 from app.records.schema import OUTCOMES, calls, gaps, messages, passages, turn_sources, turns
 
 PAGE = 50
@@ -376,11 +377,11 @@ async def overview(conn: AsyncConnection, now: datetime | None = None, days: int
 
 
 async def count_open(conn: AsyncConnection) -> dict[str, int]:
-    """Open gaps and messages, for the navigation."""
+    """Open gaps and messages, and events that could not be delivered, for the navigation."""
     open_gaps = (
         await conn.execute(select(func.count()).select_from(gaps).where(gaps.c.handled_at.is_(None)))
     ).scalar_one()
     open_messages = (
         await conn.execute(select(func.count()).select_from(messages).where(messages.c.handled_at.is_(None)))
     ).scalar_one()
-    return {"gaps": open_gaps, "messages": open_messages}
+    return {"gaps": open_gaps, "messages": open_messages, "deliveries": await count_dead(conn)}

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.observability import Metrics
 from app.records.events import RecordEvent, TurnDone
 from app.records.gaps import GapGrouper
+from app.records.outbox import Outbox
 from app.records.writer import write
 
 log = logging.getLogger("switchboard.records")
@@ -38,6 +39,7 @@ class Recorder:
         engine: AsyncEngine,
         metrics: Metrics,
         gaps: GapGrouper | None,
+        outbox: Outbox,
         *,
         ready: asyncio.Event | None = None,
         capacity: int = CAPACITY,
@@ -45,6 +47,7 @@ class Recorder:
         self.engine = engine
         self.metrics = metrics
         self.gaps = gaps
+        self.outbox = outbox
         self.capacity = capacity
         self._ready = ready  # set once the schema is in place (the store retries until it is)
         self._pending: deque[RecordEvent] = deque()
@@ -135,7 +138,8 @@ class Recorder:
                     event.gap_vector = await asyncio.to_thread(self.gaps.encode, event.unanswered)
         async with asyncio.timeout(WRITE_TIMEOUT_S), self.engine.begin() as conn:
             for event in batch:
-                await write(conn, event, self.gaps)
+                await write(conn, event, self.gaps, self.outbox)
+        self.outbox.committed()
 
 
 def _why(exc: BaseException) -> str:

@@ -1,7 +1,8 @@
 """RECORDS_RETENTION_DAYS: calls and turns older than the window are deleted, daily, by the server.
 
-Messages and gaps are kept until someone marks them handled, then for the same window. Passages no
-remaining turn points to go with them. Every replica may run it; deleting twice deletes nothing.
+Messages and gaps are kept until someone marks them handled, then for the same window; events in the
+outbox for the window after they were delivered (or given up on). Passages no remaining turn points
+to go with them. Every replica may run it; deleting twice deletes nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, exists, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.records.outbox import purge_outbox
 from app.records.schema import calls, gaps, messages, passages, turn_sources, turns
 
 EVERY_S = 24 * 3600.0
@@ -30,4 +32,5 @@ async def purge(engine: AsyncEngine, days: int, now: datetime) -> dict[str, int]
         }
         unused = ~exists(select(turn_sources.c.passage_id).where(turn_sources.c.passage_id == passages.c.id))
         gone["passages"] = (await conn.execute(delete(passages).where(unused))).rowcount
+        gone["events"] = await purge_outbox(conn, cutoff)
     return gone

@@ -171,3 +171,29 @@ messages = Table(
     Column("legacy_id", Integer, unique=True),  # its id in the messages.sqlite3 it was carried over from
     Index("messages_created", "created_at", "id"),
 )
+
+# One row per event and destination, written in the transaction of what it announces, so a crash
+# between "saved" and "sent" loses nothing. Each destination is sent in id order, one event at a
+# time: a worker leases the destination's oldest pending row (`lease_until`, `lease_token`).
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(40), nullable=False),  # the same for every destination and every try
+    Column("type", String(32), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("destination", String(1100), nullable=False),  # a webhook URL, or mailto:addresses
+    Column("call_sid", String(64)),  # the call the event is about, if any
+    Column("data", JSON),  # NULL until first sent for call.ended, composed then from the records
+    Column("state", String(16), nullable=False, server_default="pending"),  # pending, delivered, dead
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("retry_until", UtcDateTime(), nullable=False),  # a failure after this makes the event dead
+    Column("lease_until", UtcDateTime()),
+    Column("lease_token", String(32)),
+    Column("last_error", String(200)),
+    Column("done_at", UtcDateTime()),  # delivered or dead
+    Index("outbox_event_destination", "event_id", "destination", unique=True),
+    Index("outbox_destination_state", "destination", "state", "id"),
+    Index("outbox_state", "state", "id"),
+)

@@ -21,6 +21,7 @@ from app.records.database import LEGACY_MESSAGES, carry_over_messages, create_en
 from app.records.events import CallAnswered, CallEnded, RecordEvent
 from app.records.gaps import Encode, GapGrouper
 from app.records.messages import MessageStore
+from app.records.outbox import Outbox, destinations
 from app.records.recorder import Recorder
 from app.records.retention import EVERY_S, purge
 from app.settings import Settings
@@ -48,12 +49,13 @@ class RecordsStore:
         self.settings = settings
         self.metrics = metrics
         self.engine = create_engine(settings)
-        self.messages = MessageStore(self.engine)
+        self.outbox = Outbox(destinations(settings), settings.public_url)
+        self.messages = MessageStore(self.engine, self.outbox)
         self.ready = asyncio.Event()  # the schema is in place
         self.recorder: Recorder | None = None
         if settings.record_calls:
             grouper = GapGrouper(encode) if encode is not None else None
-            self.recorder = Recorder(self.engine, metrics, grouper, ready=self.ready)
+            self.recorder = Recorder(self.engine, metrics, grouper, self.outbox, ready=self.ready)
             metrics.records_pending.set_function(lambda: self.recorder.pending if self.recorder else 0)
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -1,12 +1,14 @@
 """Writing record events: each one an upsert or insert, so they may arrive in any order and from
 any replica (a turn may be written before the replica holding the media stream records its call).
 
-Secrets are redacted here, before anything reaches the store.
+Secrets are redacted here, before anything reaches the store. A call's end and a new knowledge gap
+are announced in the outbox in the same transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -23,6 +25,7 @@ from app.records.events import (
     TurnDone,
 )
 from app.records.gaps import GapGrouper
+from app.records.outbox import CALL_ENDED, GAP_CREATED, Outbox, call_ended_event_id
 from app.records.redact import redact
 from app.records.schema import calls, passages, turn_sources, turns
 
@@ -49,11 +52,11 @@ def _first_start(excluded: Any) -> dict[str, Any]:
     return {"started_at": func.coalesce(calls.c.started_at, excluded.started_at)}
 
 
-async def write(conn: AsyncConnection, event: RecordEvent, gaps: GapGrouper | None) -> None:
+async def write(conn: AsyncConnection, event: RecordEvent, gaps: GapGrouper | None, outbox: Outbox) -> None:
     e: Any = event
     kind = type(event)
     if kind is TurnDone:
-        await _turn(conn, e, gaps)
+        await _turn(conn, e, gaps, outbox)
     elif kind is CallReceived:
         await upsert_call(
             conn,
@@ -64,6 +67,7 @@ async def write(conn: AsyncConnection, event: RecordEvent, gaps: GapGrouper | No
     elif kind is CallRefused:
         ended = {"ended_at": e.at, "duration_s": 0.0, "end_reason": e.reason}
         await upsert_call(conn, e.call_sid, {"started_at": e.at, **ended}, lambda x: {**ended, **_first_start(x)})
+        await _ended(conn, outbox, e.call_sid, e.at)
     elif kind is CallAnswered:
         await upsert_call(
             conn, e.call_sid, {"conversation_id": e.conversation_id, "answered_at": e.at, "greeting": e.greeting}
@@ -73,9 +77,17 @@ async def write(conn: AsyncConnection, event: RecordEvent, gaps: GapGrouper | No
     elif kind is CallEnded:
         values = {"ended_at": e.at, "duration_s": e.duration_s, "end_reason": e.reason, "end_detail": e.detail}
         await upsert_call(conn, e.call_sid, values)
+        await _ended(conn, outbox, e.call_sid, e.at)
 
 
-async def _turn(conn: AsyncConnection, turn: TurnDone, gaps: GapGrouper | None) -> None:
+async def _ended(conn: AsyncConnection, outbox: Outbox, call_sid: str, at: datetime) -> None:
+    """call.ended: its data is composed when it is first sent, after a grace for late turns."""
+    not_before = datetime.now(UTC) + outbox.call_ended_grace
+    event_id = call_ended_event_id(call_sid)
+    await outbox.announce(conn, CALL_ENDED, None, at, call_sid=call_sid, event_id=event_id, not_before=not_before)
+
+
+async def _turn(conn: AsyncConnection, turn: TurnDone, gaps: GapGrouper | None, outbox: Outbox) -> None:
     call_sid = turn.call_sid
     if call_sid is None and turn.conversation_id:
         call_sid = (
@@ -83,7 +95,17 @@ async def _turn(conn: AsyncConnection, turn: TurnDone, gaps: GapGrouper | None) 
         ).scalar_one_or_none()
     gap_id = None
     if turn.unanswered and gaps is not None and turn.gap_vector is not None:
-        gap_id = await gaps.assign(conn, redact(turn.unanswered), turn.gap_vector, turn.started_at)
+        question = redact(turn.unanswered)
+        gap_id, new = await gaps.assign(conn, question, turn.gap_vector, turn.started_at)
+        if new:
+            data = {
+                "gap_id": gap_id,
+                "example": question,
+                "asked_at": turn.started_at.isoformat(timespec="seconds"),
+                "call_sid": call_sid,
+                "review_url": outbox.link("/admin/gaps"),
+            }
+            await outbox.announce(conn, GAP_CREATED, data, turn.started_at, call_sid=call_sid)
     timings = turn.timings_ms
     turn_id = (
         await conn.execute(
