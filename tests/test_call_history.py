@@ -323,7 +323,7 @@ async def test_postgresql_going_away_mid_call_loses_no_audio_and_no_message(
             assert result["ok"] is False and "could not be saved" in result["error"]
             assert answer.text.startswith("I'm sorry, I couldn't save that.")
             svc = phone.svc
-            assert svc.records.recorder.pending >= 2  # the turns wait in the buffer
+            assert svc.records.recorder.pending >= 1  # the turn made while it is away waits in the buffer
             await asyncio.to_thread(pg.start)
             await svc.records.recorder.flushed(timeout=60)
             await hung_up(phone)

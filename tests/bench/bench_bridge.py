@@ -40,15 +40,34 @@ FRAME_S = 0.02
 TONE = ulaw_frames(0.02)[0]
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process (system time includes loopback TCP delivery)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User and system CPU seconds of a server process and its worker processes, if it has any
+    (system time includes loopback TCP delivery)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    pids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    user = system = 0.0
+    for one in pids:
+        try:
+            fields = _stat(one)
+        except OSError:
+            continue
+        user, system = user + int(fields[11]) / tick, system + int(fields[12]) / tick
+    return user, system
 
 
 @contextmanager
-def bridge_server(tmp: Path, elevenlabs_url: str) -> Iterator[tuple[str, int]]:
+def bridge_server(tmp: Path, elevenlabs_url: str, extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
     env = {
         "PUBLIC_URL": PUBLIC_URL,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
@@ -60,6 +79,7 @@ def bridge_server(tmp: Path, elevenlabs_url: str) -> Iterator[tuple[str, int]]:
         "LOG_LEVEL": "WARNING",
         "DATA_DIR": str(Path("data").resolve()),  # the exported embedding model is shared, not redone
         "INDEX_DIR": str(tmp / "index"),
+        **(extra_env or {}),
     }
     with app_process(tmp, env, ready_path="/healthz") as (port, pid):
         yield f"http://127.0.0.1:{port}", pid
