@@ -332,8 +332,9 @@ class CallTools:
             self._waited = True
             self._call = await registry.find(call_sid=self.call_sid, timeout=timeout)
         elif self.conversation_id:
-            # No header: bind only if the bridge saw the same conversation id (protocols.md D9).
-            self._call = registry.lookup(conversation_id=self.conversation_id)
+            # No header: bind only if the bridge saw the same conversation id (protocols.md D9),
+            # on this replica or, with shared call state, on another.
+            self._call = await registry.find(conversation_id=self.conversation_id)
         if self._call is not None:
             if self.conversation_id and self._call.conversation_id not in (None, self.conversation_id):
                 log.info("brain and bridge conversation ids differ; bound by call SID", extra=self._extra())
