@@ -195,7 +195,11 @@ class SharedSlots:
         return bool(await self._reserve(keys=[SLOTS], args=[call_sid, self.limit, TTL_S * 1000]))
 
     async def claim(self, call_sid: str) -> bool:
-        claimed = bool(await self._claim(keys=[SLOTS], args=[call_sid, self.limit, self.lease_ms]))
+        try:
+            claimed = bool(await self._claim(keys=[SLOTS], args=[call_sid, self.limit, self.lease_ms]))
+        except (RedisError, OSError):
+            self.held.add(call_sid)  # the call goes on regardless; once Redis is back, renewal counts it
+            raise
         if claimed:
             self.held.add(call_sid)
         return claimed
@@ -225,7 +229,10 @@ class SharedOutcomes(StreamOutcomes):
         if local is not None:
             return local
         stored = await self.state.redis.get(f"{PREFIX}outcome:{call_sid}")
-        return EndReason(stored) if stored in EndReason._value2member_map_ else None
+        try:
+            return EndReason(stored) if stored else None
+        except ValueError:
+            return None
 
 
 class SharedLimits:
