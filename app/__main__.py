@@ -11,7 +11,7 @@ import sys
 import uvloop
 
 from app import create_app
-from app.knowledge.index import live_build_id
+from app.knowledge.store import build_state
 from app.notify import cli as notify_cli
 from app.observability import configure_logging
 from app.records import cli
@@ -26,7 +26,7 @@ log = logging.getLogger("switchboard")
 
 def build_index_if_missing(settings: Settings) -> None:
     """First run: build the index from the sample (or your) documents so the agent can answer."""
-    if live_build_id(settings) is None and settings.knowledge_dir.is_dir():
+    if build_state(settings).pointer().live is None and settings.knowledge_dir.is_dir():
         log.info("no index yet: building one from %s (once)", settings.knowledge_dir)
         print(run_ingest(settings, progress=True).human(), file=sys.stderr)
 

@@ -15,7 +15,7 @@ from app.brain.tools import Toolbox
 from app.brain.turn import TurnPipeline
 from app.calls.registry import InProcessCallRegistry
 from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState
-from app.knowledge.index import query_encoder_for
+from app.knowledge.embedding import query_encoder_for
 from app.knowledge.retrieval import Retriever
 from app.notify.delivery import Delivery, notify_status
 from app.observability import Metrics

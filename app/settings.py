@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     ingest_max_file_mb: float = Field(20.0, gt=0)
     ingest_parse_timeout_s: float = Field(120.0, gt=0)
+    # On a Chroma server: how long an ingest's lease outlives its last heartbeat (a killed ingest's lapses).
+    ingest_lease_seconds: float = Field(15.0, gt=0)
 
     # Persona and tools
     company_name: str = "Kestrel Broadband"

@@ -7,10 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from app.knowledge.index import ModelNotFound
+from app.knowledge.embedding import ModelNotFound
 from app.settings import load_settings
 from ingest.errors import IngestError
 from ingest.pipeline import DEFAULT_WAIT_SECONDS, StrictRefused, rollback, run_ingest
+from ingest.progress import STAGES
+from ingest.watch import watch
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=(
             "Exit status: 0 done, 1 failed (nothing changed), 2 source directory missing, 3 another "
             "ingest holds the lock. Settings (KNOWLEDGE_DIR, INDEX_DIR, CHROMA_HOST/CHROMA_PORT, "
-            "EMBEDDING_MODEL, INGEST_MAX_FILE_MB) come from the environment or .env."
+            "EMBEDDING_MODEL, INGEST_MAX_FILE_MB, INGEST_LEASE_SECONDS) come from the environment or .env."
         ),
     )
     parser.add_argument("--source", type=Path, metavar="DIR", help="documents to ingest (default: KNOWLEDGE_DIR)")
@@ -34,6 +36,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rollback", action="store_true", help="make the previous build live again instead of ingesting"
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="after ingesting, keep watching the documents and ingest each change once it settles (Ctrl-C stops)",
+    )
+    parser.add_argument(
+        "--pause-at",
+        choices=STAGES,
+        metavar="STAGE",
+        help=f"stop this process (SIGSTOP) a little way into STAGE ({', '.join(STAGES)}), to test what a crash "
+        "there leaves behind",
     )
     parser.add_argument(
         "--wait",
@@ -51,9 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.rollback:
             result = rollback(settings, wait_seconds=args.wait)
+        elif args.watch:
+            watch(settings, args.source, wait_seconds=args.wait, as_json=args.json, strict=args.strict)
+            return 0
         else:
             result = run_ingest(
-                settings, args.source, wait_seconds=args.wait, progress=not args.json, strict=args.strict
+                settings,
+                args.source,
+                wait_seconds=args.wait,
+                progress=not args.json,
+                strict=args.strict,
+                pause_at=args.pause_at,
             )
     except StrictRefused as exc:
         _emit(exc.report.to_json() | {"error": str(exc)} if args.json else f"{exc.report.human()}", args.json)

@@ -19,7 +19,7 @@ from pathlib import Path
 import semchunk
 from tokenizers import Tokenizer
 
-from app.knowledge.index import CHUNK_TARGET_TOKENS, HEADING_SEPARATOR, embedded_text
+from app.knowledge.records import CHUNK_TARGET_TOKENS, HEADING_SEPARATOR, embedded_text
 from ingest.document import Document, Section
 
 OVERLAP = 0.15  # of the passage budget

@@ -1,44 +1,37 @@
-"""The ingest: scan → (unchanged? stop) → read and chunk what changed → embed what is new → write a
-new build beside the live one → validate → switch the pointer → drop builds older than the previous.
+"""The ingest: scan → (unchanged? stop) → parse and chunk the files that changed → embed the texts the
+store has never seen → write the records that changed as the next build → validate → switch the
+pointer → delete what neither the live nor the previous build needs.
 
-Nothing here touches the live build: it is only read, for its manifest and to copy embeddings, so an
-ingest that fails or is killed at any point leaves the server answering exactly as before.
+An edit costs what changed: unchanged files are neither parsed nor copied (their records simply stay
+in the next build), and a text is embedded once per model whatever file it moves to. Nothing the live
+build can see is written before the switch (see `ingest.writer`), so an ingest that fails or is
+killed at any point leaves the server answering exactly as before, and the next run undoes its
+leftovers first.
 """
 
 from __future__ import annotations
 
-import secrets
-import sys
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.knowledge.index import (
-    CHUNKER_VERSION,
-    BuildStore,
-    ChunkRecord,
-    ModelSpec,
-    Pointer,
-    add_chunks,
-    embedder_for,
-    open_store,
-    read_chunks,
-    resolve_model,
-)
+from app.knowledge.embedding import ModelSpec, embedder_for, resolve_model
+from app.knowledge.manifest import FileEntry, Manifest
+from app.knowledge.records import CHUNKER_VERSION, ChunkRecord, record_id
+from app.knowledge.store import BuildState, Pointer, build_state, chunk_collection, writing_client
 from app.settings import Settings
-from ingest.errors import BuildInvalid, IngestError, NoPreviousBuild, NothingToIndex
+from ingest import writer
+from ingest.errors import IngestError, NoPreviousBuild, NothingToIndex
+from ingest.lease import Lease
 from ingest.lock import ingest_lock
-from ingest.manifest import FileEntry, Manifest
 from ingest.prepare import Prepared, prepare_all
+from ingest.progress import Stages
 from ingest.report import Report, RollbackReport
 from ingest.scan import Scan, Skip, scan_source
 
 DEFAULT_WAIT_SECONDS = 30.0
-_WRITE_BATCH = 1000
-_EMBED_BATCH = 32  # also the granularity of the progress bar and of writes
-_PROBE_MAX_DISTANCE = 1e-3
+_EMBED_BATCH = 32  # also the granularity of the progress bar
 
 
 class StrictRefused(IngestError):
@@ -56,20 +49,19 @@ def run_ingest(
     wait_seconds: float = DEFAULT_WAIT_SECONDS,
     progress: bool = False,
     strict: bool = False,
+    pause_at: str | None = None,
 ) -> Report:
     started = time.monotonic()
+    stages = Stages(progress, pause_at)
     root = source if source is not None else settings.knowledge_dir
     spec = resolve_model(settings.embedding_model)
     scan = scan_source(root, settings.ingest_max_file_mb)
-    with ingest_lock(settings.index_dir, wait_seconds):
-        store = open_store(settings)
+    with ingest_lock(settings, wait_seconds) as lease:
         try:
-            report = _Ingest(settings, store, spec, scan, progress, strict).run()
+            report = _Ingest(settings, spec, scan, stages, strict, wait_seconds, lease).run()
         except StrictRefused as exc:
             exc.report.seconds = round(time.monotonic() - started, 2)
             raise
-        finally:
-            store.close()
     report.seconds = round(time.monotonic() - started, 2)
     return report
 
@@ -77,48 +69,84 @@ def run_ingest(
 def rollback(settings: Settings, *, wait_seconds: float = DEFAULT_WAIT_SECONDS) -> RollbackReport:
     """Make the previous build live again; the one it replaces becomes the previous."""
     started = time.monotonic()
-    with ingest_lock(settings.index_dir, wait_seconds):
-        store = open_store(settings)
-        try:
-            pointer = store.pointer()
-            if pointer.live is None or pointer.previous is None or store.manifest(pointer.previous) is None:
-                raise NoPreviousBuild(f"there is no previous build to roll back to in {store.location}")
-            _validate(store, pointer.previous)
-            store.switch(Pointer(live=pointer.previous, previous=pointer.live))
-        finally:
-            store.close()
+    state = build_state(settings)
+    with ingest_lock(settings, wait_seconds) as lease, writing_client(settings, wait_seconds) as client:
+        pointer = state.pointer()
+        if state.writing() is not None:
+            writer.repair(client, state, pointer)
+            state.mark_writing(None)
+        manifest = Manifest.from_json(state.manifest(pointer.previous)) if pointer.previous else None
+        if pointer.live is None or pointer.previous is None or manifest is None:
+            raise NoPreviousBuild(f"there is no previous build to roll back to in {_location(settings)}")
+        collection = chunk_collection(client, manifest.model_id)
+        if collection is None:
+            raise NoPreviousBuild(f"the previous build's passages are missing from {_location(settings)}")
+        writer.validate(collection, pointer.previous, manifest.chunks, probe=None)
+        if lease is not None:
+            lease.check()
+        state.switch(Pointer(live=pointer.previous, previous=pointer.live))
     return RollbackReport(pointer.previous, pointer.live, round(time.monotonic() - started, 2))
 
 
-def new_build_id() -> str:
-    """Sortable by time, unique across machines writing to one Chroma server."""
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+def _location(settings: Settings) -> str:
+    return (
+        f"Chroma server {settings.chroma_host}:{settings.chroma_port}"
+        if settings.chroma_server
+        else str(settings.index_dir)
+    )
 
 
 @dataclass
 class _Plan:
-    copy: list[str]  # unchanged files whose chunks are copied from the live build
-    parse: list[str]  # files to read and chunk
-    carried_skips: list[Skip]  # unchanged files that gave no chunks last time, for the same reason
+    """Against the newest finished build, whose records are the open ones."""
+
+    parse: list[str]  # new or changed files, to read and chunk
+    kept: dict[str, FileEntry]  # unchanged files: their records stay as they are
+    removed: list[str]  # files gone since
+    fresh: bool  # no usable newest build (none yet, or another model or chunker): every open record is compared
+
+
+@dataclass
+class _Changes:
+    """What the next build writes: new records, the records it ends, and the vectors for the new ones."""
+
+    add: list[ChunkRecord] = field(default_factory=list)
+    close: list[str] = field(default_factory=list)
+    vectors: dict[str, Any] = field(default_factory=dict)  # by embed key
+    embedded_keys: set[str] = field(default_factory=set)  # texts the model embedded in this run
+
+    @property
+    def embedded(self) -> int:
+        return len(self.embedded_keys)
 
 
 class _Ingest:
     def __init__(
-        self, settings: Settings, store: BuildStore, spec: ModelSpec, scan: Scan, progress: bool, strict: bool
+        self,
+        settings: Settings,
+        spec: ModelSpec,
+        scan: Scan,
+        stages: Stages,
+        strict: bool,
+        wait_seconds: float,
+        lease: Lease | None,
     ) -> None:
         self.settings = settings
-        self.store = store
         self.spec = spec
         self.scan = scan
-        self.progress = progress
+        self.stages = stages
         self.strict = strict
+        self.wait_seconds = wait_seconds
+        self.lease = lease
+        self.state: BuildState = build_state(settings)
 
     def run(self) -> Report:
-        pointer = self.store.pointer()
-        for build_id in self.store.builds():
-            if build_id not in (pointer.live, pointer.previous):
-                self.store.remove(build_id)  # left by an ingest that crashed or was killed
-        live = Manifest.from_json(self.store.manifest(pointer.live)) if pointer.live else None
+        pointer = self.state.pointer()
+        if self.state.writing() is not None:  # an ingest was killed: undo its leftovers first
+            with writing_client(self.settings, self.wait_seconds) as client:
+                writer.repair(client, self.state, pointer)
+                self.state.mark_writing(None)
+        live = Manifest.from_json(self.state.manifest(pointer.live)) if pointer.live else None
         report = self._compare(live, pointer.live)
         current = {source: f.sha256 for source, f in self.scan.files.items()}
         if live is not None and self._same_recipe(live) and live.fingerprints() == current:
@@ -129,40 +157,53 @@ class _Ingest:
                 raise StrictRefused(report)
             return report
 
-        plan = self._plan(live)
+        newest = Manifest.from_json(self.state.manifest(pointer.newest)) if pointer.newest else None
+        plan = self._plan(newest)
+        self.stages.start("parsing", f"{len(plan.parse)} new or changed files, {len(plan.kept)} unchanged")
         prepared = sorted(self._prepare(plan.parse), key=lambda p: p.source)
-        report.skipped += plan.carried_skips + [Skip(p.source, p.skipped) for p in prepared if p.skipped]
+        report.skipped += [Skip(s, e.skipped) for s, e in sorted(plan.kept.items()) if e.skipped]
+        report.skipped += [Skip(p.source, p.skipped) for p in prepared if p.skipped]
         if self.strict and report.skipped:
             raise StrictRefused(report)
-        live_chunks = self._read_live(pointer.live, live, set(plan.copy))
-        records, vectors, entries = self._assemble(plan, prepared, live_chunks)
-        if not records:
+        chunks, entries = self._chunks(prepared)
+        manifest = Manifest(self.spec.model_id, CHUNKER_VERSION, plan.kept | entries)
+        if manifest.chunks == 0:
             raise NothingToIndex(
                 f"no text to index in {self.scan.root}; the live build was not changed"
                 + (f" ({len(report.skipped)} file(s) skipped)" if report.skipped else "")
             )
-        build_id = new_build_id()
-        try:
-            report.embedded = self._write(build_id, records, vectors)
-            self.store.seal(build_id, Manifest(self.spec.model_id, CHUNKER_VERSION, entries).to_json())
-            _validate(self.store, build_id, expected=len(records))
-        except BaseException:
-            self.store.remove(build_id)
-            raise
-        previous = pointer.live if live is not None else None
-        self.store.switch(Pointer(live=build_id, previous=previous))
-        for old in self.store.builds():
-            if old not in (build_id, previous):
-                self.store.remove(old)
-        report.build = build_id
-        report.chunks = len(records)
-        report.reused = sum(1 for r in records if r.embed_key in vectors)
+        build = pointer.newest + 1
+        with writing_client(self.settings, self.wait_seconds) as client:
+            collection = chunk_collection(client, self.spec.model_id, create=True)
+            assert collection is not None
+            changes = self._changes(collection, plan, chunks)
+        self._embed(changes)
+        with writing_client(self.settings, self.wait_seconds) as client:
+            collection = chunk_collection(client, self.spec.model_id, create=True)
+            assert collection is not None
+            self._write(collection, build, changes)
+            self.state.save_manifest(build, manifest.to_json())
+            probe = record_id(changes.add[0].id, build) if changes.add else None
+            writer.validate(collection, build, manifest.chunks, probe)
+            self.stages.start("switching", f"build {build} goes live")
+            self.stages.checkpoint("switching")
+            if self.lease is not None:
+                self.lease.check()
+            switched = Pointer(live=build, previous=pointer.live)
+            self.state.switch(switched)
+            self.stages.start("cleaning up")
+            writer.collect_garbage(client, self.state, switched)
+            self.state.mark_writing(None)
+        report.build = build
+        report.chunks = manifest.chunks
+        report.embedded = changes.embedded
+        report.reused = manifest.chunks - sum(1 for r in changes.add if r.embed_key in changes.embedded_keys)
         return report
 
-    def _same_recipe(self, live: Manifest) -> bool:
-        return live.model_id == self.spec.model_id and live.chunker_version == CHUNKER_VERSION
+    def _same_recipe(self, manifest: Manifest) -> bool:
+        return manifest.model_id == self.spec.model_id and manifest.chunker_version == CHUNKER_VERSION
 
-    def _compare(self, live: Manifest | None, live_id: str | None) -> Report:
+    def _compare(self, live: Manifest | None, live_id: int | None) -> Report:
         before = live.fingerprints() if live else {}
         report = Report(source=str(self.scan.root), build=live_id, skipped=list(self.scan.skipped))
         for source, file in self.scan.files.items():
@@ -175,110 +216,86 @@ class _Ingest:
         report.removed = sum(1 for source in before if source not in self.scan.files)
         return report
 
-    def _plan(self, live: Manifest | None) -> _Plan:
-        plan = _Plan(copy=[], parse=[], carried_skips=[])
+    def _plan(self, newest: Manifest | None) -> _Plan:
+        usable = newest if newest is not None and self._same_recipe(newest) else None
+        before = usable.files if usable else {}
+        plan = _Plan(parse=[], kept={}, removed=sorted(set(before) - set(self.scan.files)), fresh=usable is None)
         for source, file in sorted(self.scan.files.items()):
-            entry = live.files.get(source) if live and self._same_recipe(live) else None
+            entry = before.get(source)
             if entry is None or entry.sha256 != file.sha256:
                 plan.parse.append(source)
-            elif entry.skipped:
-                plan.carried_skips.append(Skip(source, entry.skipped))
             else:
-                plan.copy.append(source)
+                plan.kept[source] = entry
         return plan
 
-    def _prepare(self, sources: list[str]) -> Iterator[Prepared]:
+    def _prepare(self, sources: list[str]) -> list[Prepared]:
         files = [(self.scan.files[s].path, s) for s in sources]
-        with _progress(self.progress, len(files), "reading", "file") as bar:
-            for prepared in prepare_all(
+        prepared: list[Prepared] = []
+        with self.stages.bar("parsing", len(files), "file") as bar:
+            for file in prepare_all(
                 files, self.spec.tokenizer_file, self.spec.window, self.settings.ingest_parse_timeout_s
             ):
+                prepared.append(file)
                 bar.update(1)
-                yield prepared
+                self.stages.checkpoint("parsing")
+        return prepared
 
-    def _read_live(
-        self, live_id: str | None, live: Manifest | None, copy: set[str]
-    ) -> tuple[dict[str, list[ChunkRecord]], dict[str, Any]]:
-        """From the live build: the records of files copied as they are, and every vector by embed key."""
-        records: dict[str, list[ChunkRecord]] = {}
-        vectors: dict[str, Any] = {}
-        if live_id is None or live is None or live.model_id != self.spec.model_id:
-            return records, vectors
-        for record, vector in read_chunks(self.store.open(live_id), with_embeddings=True):
-            vectors[record.embed_key] = vector
-            if record.source in copy:
-                records.setdefault(record.source, []).append(record)
-        return records, vectors
-
-    def _assemble(
-        self,
-        plan: _Plan,
-        prepared: list[Prepared],
-        live_chunks: tuple[dict[str, list[ChunkRecord]], dict[str, Any]],
-    ) -> tuple[list[ChunkRecord], dict[str, Any], dict[str, FileEntry]]:
-        """Every record of the new build, the vectors already known (by embed key), and the manifest."""
-        copied, known = live_chunks
-        records: dict[str, ChunkRecord] = {}
+    def _chunks(self, prepared: list[Prepared]) -> tuple[dict[str, ChunkRecord], dict[str, FileEntry]]:
+        """The chunks of the parsed files by chunk id (a passage repeated in one file counts once), and
+        their manifest entries."""
+        chunks: dict[str, ChunkRecord] = {}
         entries: dict[str, FileEntry] = {}
-        for source in plan.copy:
-            file_records = sorted(copied.get(source, []), key=lambda r: r.position)
-            records.update((r.id, r) for r in file_records)
-            entries[source] = FileEntry(self.scan.files[source].sha256, len(file_records))
-        for skip in plan.carried_skips:
-            entries[skip.path] = FileEntry(self.scan.files[skip.path].sha256, 0, skip.reason)
         for file in prepared:
             made = [
-                ChunkRecord.make(self.spec.model_id, file.source, p.headings, position, p.text, file.sha256)
-                for position, p in enumerate(file.passages)
+                ChunkRecord.make(self.spec.model_id, file.source, passage.headings, position, passage.text, file.sha256)
+                for position, passage in enumerate(file.passages)
             ]
-            fresh = {r.id: r for r in made if r.id not in records}  # a passage repeated in one file counts once
-            records.update(fresh)
+            fresh = {record.id: record for record in made if record.id not in chunks}
+            chunks.update(fresh)
             entries[file.source] = FileEntry(file.sha256, len(fresh), file.skipped)
-        ordered = sorted(records.values(), key=lambda r: (r.source, r.position))
-        return ordered, {r.embed_key: known[r.embed_key] for r in ordered if r.embed_key in known}, entries
+        return chunks, entries
 
-    def _write(self, build_id: str, records: list[ChunkRecord], known: dict[str, Any]) -> int:
-        """Write every record into a new build; returns how many texts the model had to embed."""
-        collection = self.store.create(build_id)
-        ready = [r for r in records if r.embed_key in known]
-        for batch in _batches(ready, _WRITE_BATCH):
-            add_chunks(collection, batch, [known[r.embed_key] for r in batch])
-        pending: dict[str, list[ChunkRecord]] = {}  # by embed key: each distinct text is embedded once
-        for record in records:
-            if record.embed_key not in known:
-                pending.setdefault(record.embed_key, []).append(record)
+    def _changes(self, collection: Any, plan: _Plan, chunks: dict[str, ChunkRecord]) -> _Changes:
+        """Compare the parsed files' chunks with the open records of the same files: records to end,
+        chunks to add, and the vectors the store already has for the added texts."""
+        affected = None if plan.fresh else plan.parse + plan.removed
+        before = writer.open_records(collection, affected) if affected != [] else {}
+        changes = _Changes(
+            add=[record for chunk, record in chunks.items() if chunk not in before],
+            close=[record for chunk, (record, _) in before.items() if chunk not in chunks],
+        )
+        changes.vectors = writer.known_vectors(collection, sorted({r.embed_key for r in changes.add}))
+        return changes
+
+    def _embed(self, changes: _Changes) -> None:
+        """Embed each text the store has never seen, once."""
+        pending: dict[str, str] = {}
+        for record in changes.add:
+            if record.embed_key not in changes.vectors:
+                pending.setdefault(record.embed_key, record.embedded_text)
         if not pending:
-            return 0
-        if self.progress:
-            print("loading the embedding model...", file=sys.stderr, flush=True)
+            return
+        self.stages.start("embedding", f"{len(pending)} new texts (loading the model)")
         embedder = embedder_for(self.settings)
-        with _progress(self.progress, len(pending), "embedding", "chunk") as bar:
-            for keys in _batches(list(pending), _EMBED_BATCH):
-                vectors = embedder.embed([pending[k][0].embedded_text for k in keys])
-                batch = [(r, v) for k, v in zip(keys, vectors, strict=True) for r in pending[k]]
-                add_chunks(collection, [r for r, _ in batch], [v for _, v in batch])
-                bar.update(len(keys))
-        return len(pending)
+        keys = list(pending)
+        with self.stages.bar("embedding", len(keys), "chunk") as bar:
+            for start in range(0, len(keys), _EMBED_BATCH):
+                batch = keys[start : start + _EMBED_BATCH]
+                changes.vectors.update(zip(batch, embedder.embed([pending[k] for k in batch]), strict=True))
+                changes.embedded_keys.update(batch)
+                bar.update(len(batch))
+                self.stages.checkpoint("embedding")
 
-
-def _validate(store: BuildStore, build_id: str, expected: int | None = None) -> None:
-    """Reopen the build, count it, and find one of its own vectors with a query."""
-    collection = store.open(build_id)
-    count = collection.count()
-    if count == 0 or (expected is not None and count != expected):
-        raise BuildInvalid(f"build {build_id} holds {count} chunks, expected {expected or 'some'}")
-    probe = collection.get(limit=1, include=["embeddings"])
-    found = collection.query(query_embeddings=probe["embeddings"], n_results=1, include=["distances"])
-    if not found["ids"][0] or found["distances"][0][0] > _PROBE_MAX_DISTANCE:
-        raise BuildInvalid(f"build {build_id} does not answer a query for its own chunk {probe['ids'][0]}")
-
-
-def _batches(items: list[Any], size: int) -> Iterable[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _progress(enabled: bool, total: int, desc: str, unit: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled, leave=False)
+    def _write(self, collection: Any, build: int, changes: _Changes) -> None:
+        """The next build's records: nothing the live build sees changes (see `ingest.writer`)."""
+        self.state.mark_writing(build)
+        self.stages.start("writing", f"build {build}: {len(changes.add)} new records, {len(changes.close)} ended")
+        with self.stages.bar("writing", len(changes.add) + len(changes.close), "record") as bar:
+            for start in range(0, len(changes.add), writer.BATCH):
+                batch = changes.add[start : start + writer.BATCH]
+                writer.add_records(collection, build, batch, [changes.vectors[r.embed_key] for r in batch])
+                bar.update(len(batch))
+                self.stages.checkpoint("writing")
+            writer.close_records(collection, build, changes.close)
+            bar.update(len(changes.close))
+        self.stages.checkpoint("writing")

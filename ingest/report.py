@@ -11,7 +11,7 @@ from ingest.scan import Skip
 @dataclass
 class Report:
     source: str
-    build: str | None
+    build: int | None
     noop: bool = False
     added: int = 0
     changed: int = 0
@@ -49,8 +49,8 @@ class Report:
 
 @dataclass
 class RollbackReport:
-    build: str
-    replaced: str
+    build: int
+    replaced: int
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:

@@ -52,6 +52,32 @@ def kb_index(shared_data_dir: Any) -> Path:
     return index_dir
 
 
+@pytest.fixture(params=["embedded", "server"])
+def index_settings(request: pytest.FixtureRequest, tmp_path: Path, shared_data_dir: Path) -> Callable[..., Settings]:
+    """Settings for an index of its own under tmp_path/kb, embedded or on the Chroma server that
+    .ci/run starts (CHROMA_TEST_HOST/CHROMA_TEST_PORT; skipped without one)."""
+    from tests.index_support import clear_server, server_address
+
+    server: dict[str, Any] = {}
+    if request.param == "server":
+        address = server_address()
+        if address is None:
+            pytest.skip("server mode needs CHROMA_TEST_HOST/CHROMA_TEST_PORT of a running `chroma run`")
+        server = {"chroma_host": address[0], "chroma_port": address[1]}
+        clear_server(*address)
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "knowledge_dir": tmp_path / "kb",
+            "data_dir": shared_data_dir,
+            "index_dir": tmp_path / "index",
+            **server,
+        }
+        return Settings(_env_file=None, **(values | overrides))
+
+    return make
+
+
 @pytest.fixture
 def make_settings(shared_data_dir: Any, kb_index: Path) -> Callable[..., Settings]:
     """Settings for a test server: the shared secret, the sample knowledge base, and any overrides."""
@@ -165,6 +191,6 @@ def records_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def encoder(shared_data_dir: Any, kb_index: Path) -> Any:
     """The server's query encoder (the model exported once for the session by `kb_index`)."""
-    from app.knowledge.index import query_encoder_for
+    from app.knowledge.embedding import query_encoder_for
 
     return query_encoder_for(Settings(_env_file=None, data_dir=shared_data_dir))

@@ -11,6 +11,7 @@ import pytest
 
 from app.brain.prompt import REFERENCE_CLOSE, REFERENCE_OPEN
 from app.brain.spoken_fallback import CANNOT_LOOK_UP, NO_ANSWER
+from app.knowledge.store import CHROMA_DIR
 from app.testing.fake_openai import FakeOpenAI, Reply
 from app.testing.speech_engine import SpeechEngineClient
 from ingest.pipeline import run_ingest
@@ -130,15 +131,15 @@ async def test_new_build_goes_live_between_turns(serve, make_settings, tmp_path:
     assert "nine" in first.text and "half past seven" in second.text
 
 
-@pytest.mark.parametrize("damage", ["never_built", "build_deleted"])
+@pytest.mark.parametrize("damage", ["never_built", "store_deleted"])
 async def test_missing_or_broken_index_says_so_and_is_not_ready(serve, make_settings, tmp_path, damage) -> None:
     index_dir = tmp_path / "index"
-    if damage == "build_deleted":
+    if damage == "store_deleted":
         docs = tmp_path / "docs"
         docs.mkdir()
         (docs / "a.md").write_text("# A\n\nSome words about our service and what it costs per month.\n")
-        report = await asyncio.to_thread(run_ingest, make_settings(index_dir=index_dir), docs)
-        shutil.rmtree(next(p for p in index_dir.rglob(report.build) if p.is_dir()))
+        await asyncio.to_thread(run_ingest, make_settings(index_dir=index_dir), docs)
+        shutil.rmtree(index_dir / CHROMA_DIR)
     async with (
         serve(index_dir=index_dir) as server,
         await SpeechEngineClient.open(f"{server.ws_url}/ws", shared_secret=SECRET) as client,
@@ -151,7 +152,7 @@ async def test_missing_or_broken_index_says_so_and_is_not_ready(serve, make_sett
 
 def test_the_servers_query_encoder_matches_the_ingest_embedder(make_settings) -> None:
     """Questions and passages must land in the same space, or retrieval silently degrades."""
-    from app.knowledge.index import embedder_for, query_encoder_for
+    from app.knowledge.embedding import embedder_for, query_encoder_for
 
     settings = make_settings()
     texts = ["how much is the autopay discount?", "Billing > Payments\nAutopay saves you five dollars a month."]

@@ -1,21 +1,17 @@
-"""Builds end to end with the real model and real Chroma: incremental re-runs, atomic switch and
-rollback, bad input, locking, and a SIGKILL mid-run. Every test runs on the embedded store and on a
-Chroma server (`chroma run`; .ci/run starts one and exports CHROMA_TEST_HOST/CHROMA_TEST_PORT)."""
+"""Builds end to end with the real model and real Chroma: incremental re-runs that write only what
+changed, atomic switch and rollback, bad input, and locking. Every test runs on the embedded store
+and on a Chroma server (`chroma run`; .ci/run starts one and exports CHROMA_TEST_HOST/CHROMA_TEST_PORT)."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import random
-import re
-import signal
-import subprocess
-import sys
+import shutil
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,111 +19,50 @@ import docx
 import pytest
 from fpdf import FPDF
 
-from app.knowledge.index import ChunkRecord, embedder_for, open_live_index, open_store
+from app.knowledge.store import build_state
 from app.settings import Settings
 from ingest.errors import IngestBusy, NoPreviousBuild, NothingToIndex, SourceMissing
-from ingest.lock import LOCK_FILE, ingest_lock
+from ingest.lock import ingest_lock
 from ingest.pipeline import StrictRefused, rollback, run_ingest
-
-MakeSettings = Callable[..., Settings]
-
-PLANS = """# Internet Plans
-
-## Starter 50
-
-Starter 50 costs $35 a month and suits one or two people who browse and stream in HD.
-
-## Swift Gig
-
-Swift Gig gives 1 gigabit downloads for $70 a month, with a free mesh point for large homes.
-"""
-HOURS = """OPENING HOURS
-=============
-
-Our phone lines are open 8am to 8pm, Monday to Saturday. We are closed on public holidays.
-"""
-CONTACT = (
-    "<html><head><title>Contact</title></head><body><h1>Contact us</h1>"
-    "<p>Call billing on 555-0100 about a payment you do not recognise.</p></body></html>"
+from tests.index_support import (
+    PLANS,
+    answers,
+    assert_tidy,
+    build_records,
+    ingest_cli,
+    live_texts,
+    pointer,
+    retriever,
+    stored,
+    write_kb,
 )
 
-
-@pytest.fixture(params=["embedded", "server"])
-def make_settings(request: pytest.FixtureRequest, tmp_path: Path, shared_data_dir: Path) -> MakeSettings:
-    server: dict[str, Any] = {}
-    if request.param == "server":
-        host, port = os.environ.get("CHROMA_TEST_HOST"), os.environ.get("CHROMA_TEST_PORT")
-        if not host or not port:
-            pytest.skip("server mode needs CHROMA_TEST_HOST/CHROMA_TEST_PORT of a running `chroma run`")
-        server = {"chroma_host": host, "chroma_port": int(port)}
-        _clear_server(host, int(port))
-
-    def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "knowledge_dir": tmp_path / "kb",
-            "data_dir": shared_data_dir,
-            "index_dir": tmp_path / "index",
-            **server,
-        }
-        return Settings(_env_file=None, **(values | overrides))
-
-    return make
-
-
-def _clear_server(host: str, port: int) -> None:
-    import chromadb
-
-    client = chromadb.HttpClient(host=host, port=port)
-    for collection in client.list_collections():
-        if collection.name.startswith("switchboard_"):
-            client.delete_collection(collection.name)
+MakeSettings = Callable[..., Settings]
 
 
 @pytest.fixture
 def kb(tmp_path: Path) -> Path:
-    root = tmp_path / "kb"
-    (root / "support").mkdir(parents=True)
-    (root / "plans.md").write_text(PLANS)
-    (root / "support" / "hours.txt").write_text(HOURS)
-    (root / "support" / "contact.html").write_text(CONTACT)
-    return root
+    return write_kb(tmp_path / "kb")
 
 
-def live_chunks(settings: Settings) -> list[ChunkRecord]:
-    index = open_live_index(settings)
-    assert index is not None
-    try:
-        return index.all_chunks()
-    finally:
-        index.close()
-
-
-def builds(settings: Settings) -> tuple[str | None, str | None, list[str]]:
-    store = open_store(settings)
-    try:
-        pointer = store.pointer()
-        return pointer.live, pointer.previous, store.builds()
-    finally:
-        store.close()
+def sources(settings: Settings) -> set[str]:
+    return {record.source for record in build_records(settings)}
 
 
 def test_first_build_answers_queries_and_rerun_is_a_noop_without_the_model(
-    make_settings: MakeSettings, kb: Path, monkeypatch: pytest.MonkeyPatch
+    index_settings: MakeSettings, kb: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = make_settings()
+    settings = index_settings()
     first = run_ingest(settings)
     assert (first.added, first.changed, first.removed, first.unchanged) == (3, 0, 0, 0)
     assert first.chunks == first.embedded > 0 and first.reused == 0 and not first.skipped
+    assert pointer(settings).live == first.build and len(build_records(settings)) == first.chunks
 
-    index = open_live_index(settings)
-    assert index is not None and index.build_id == first.build and index.count == first.chunks
-    try:
-        hits = index.query(embedder_for(settings).embed_query("how much is the gigabit plan"), k=2)
-    finally:
-        index.close()
+    with retriever(settings) as found:
+        best = found.retrieve_sync("how much is the gigabit plan").passages[0]
     # The two short plan sections share one passage under their common heading, their own kept in the text.
-    assert hits[0].source == "plans.md" and hits[0].headings == ("Internet Plans",)
-    assert "Swift Gig\n\nSwift Gig gives 1 gigabit" in hits[0].text and 0.3 < hits[0].score <= 1.0
+    assert best.source == "plans.md" and best.headings == ("Internet Plans",)
+    assert "Swift Gig\n\nSwift Gig gives 1 gigabit" in best.text and 0.3 < best.similarity <= 1.0
 
     monkeypatch.setattr("ingest.pipeline.embedder_for", _must_not_load_the_model)
     again = run_ingest(settings)
@@ -139,49 +74,97 @@ def _must_not_load_the_model(settings: Settings) -> Any:
     raise AssertionError("an unchanged corpus must not load the embedding model")
 
 
-def test_edited_file_embeds_only_its_changed_chunks(make_settings: MakeSettings, kb: Path) -> None:
-    settings = make_settings()
+def test_edited_file_writes_only_its_changed_chunks(index_settings: MakeSettings, kb: Path) -> None:
+    settings = index_settings()
     first = run_ingest(settings)
+    records_before = stored(settings)
     (kb / "plans.md").write_text(PLANS.replace("$35 a month", "$39 a month"))
     second = run_ingest(settings)
     assert (second.added, second.changed, second.removed, second.unchanged) == (0, 1, 0, 2)
-    assert second.embedded == 1 and second.reused == second.chunks - 1 and second.build != first.build
-    texts = [c.text for c in live_chunks(settings)]
+    assert second.embedded == 1 and second.reused == second.chunks - 1 and second.build == first.build + 1
+    records_after = stored(settings)
+    new = records_after.keys() - records_before.keys()
+    ended = {r for r, run in records_after.items() if r in records_before and run != records_before[r]}
+    assert len(new) == 1 and len(ended) == 1  # one record written, one run ended: nothing copied
+    texts = list(live_texts(settings).values())
     assert any("$39 a month" in t for t in texts) and not any("$35 a month" in t for t in texts)
 
 
-def test_deleted_file_is_gone_and_renamed_file_costs_nothing(make_settings: MakeSettings, kb: Path) -> None:
-    settings = make_settings()
+def test_deleted_file_is_gone_and_renamed_file_costs_nothing(index_settings: MakeSettings, kb: Path) -> None:
+    settings = index_settings()
     run_ingest(settings)
     (kb / "support" / "hours.txt").unlink()
     deleted = run_ingest(settings)
     assert (deleted.removed, deleted.embedded) == (1, 0)
-    assert {c.source for c in live_chunks(settings)} == {"plans.md", "support/contact.html"}
+    assert sources(settings) == {"plans.md", "support/contact.html"}
 
     (kb / "archive").mkdir()
     (kb / "plans.md").rename(kb / "archive" / "plans-2026.md")
     renamed = run_ingest(settings)
     assert (renamed.added, renamed.removed, renamed.embedded, renamed.reused) == (1, 1, 0, renamed.chunks)
-    assert {c.source for c in live_chunks(settings)} == {"archive/plans-2026.md", "support/contact.html"}
+    assert sources(settings) == {"archive/plans-2026.md", "support/contact.html"}
 
 
-def test_switch_keeps_one_previous_build_and_rollback_swaps(make_settings: MakeSettings, kb: Path) -> None:
-    settings = make_settings()
+def test_switch_keeps_one_previous_build_and_rollback_swaps(index_settings: MakeSettings, kb: Path) -> None:
+    settings = index_settings()
     a = run_ingest(settings).build
     with pytest.raises(NoPreviousBuild):
         rollback(settings)
     (kb / "new.md").write_text("# Outages\n\nCheck the status page first.\n")
     b = run_ingest(settings).build
-    assert builds(settings) == (b, a, sorted([a, b]))
+    assert (pointer(settings).live, pointer(settings).previous) == (b, a)
     (kb / "newer.md").write_text("# Moving\n\nTell us four weeks before you move.\n")
     c = run_ingest(settings).build
-    assert builds(settings) == (c, b, sorted([b, c]))  # a, older than the previous, is gone
+    assert (pointer(settings).live, pointer(settings).previous) == (c, b)
+    assert_tidy(settings)  # a, older than the previous, is gone: its manifest and the records only it had
 
     assert rollback(settings).build == b
-    assert builds(settings)[:2] == (b, c)
-    assert "newer.md" not in {chunk.source for chunk in live_chunks(settings)}
+    assert (pointer(settings).live, pointer(settings).previous) == (b, c)
+    assert "newer.md" not in sources(settings)
     assert rollback(settings).build == c  # rolling back twice returns to where we were
-    assert "newer.md" in {chunk.source for chunk in live_chunks(settings)}
+    assert "newer.md" in sources(settings)
+
+
+def test_rollback_after_an_edit_and_a_removal_brings_back_the_old_passages(
+    index_settings: MakeSettings, kb: Path
+) -> None:
+    settings = index_settings()
+    run_ingest(settings)
+    assert ("support/hours.txt", HOURS_TEXT) in answers(settings, "when are your phone lines open")
+    (kb / "plans.md").write_text(PLANS.replace("$35 a month", "$39 a month"))
+    (kb / "support" / "hours.txt").unlink()
+    run_ingest(settings)
+    after = answers(settings, "when are your phone lines open")
+    assert "support/hours.txt" not in {source for source, _ in after}  # gone at once after the switch
+    assert any("$39 a month" in text for _, text in answers(settings, "how much is Starter 50"))
+
+    rollback(settings)
+    assert ("support/hours.txt", HOURS_TEXT) in answers(settings, "when are your phone lines open")
+    plans = [text for source, text in answers(settings, "how much is Starter 50") if source == "plans.md"]
+    assert any("$35 a month" in text for text in plans) and not any("$39" in text for text in plans)
+
+
+HOURS_TEXT = "Our phone lines are open 8am to 8pm, Monday to Saturday. We are closed on public holidays."
+
+
+def test_an_ingest_after_a_rollback_builds_on_what_is_live(index_settings: MakeSettings, kb: Path) -> None:
+    settings = index_settings()
+    first = run_ingest(settings)
+    (kb / "plans.md").write_text(PLANS.replace("$35 a month", "$39 a month"))
+    run_ingest(settings)
+    rollback(settings)  # back to $35; the $39 build is the previous
+    (kb / "plans.md").write_text(PLANS)  # the documents agree with what is live again: nothing to do
+    assert run_ingest(settings).noop
+    (kb / "extra.md").write_text("# Gift cards\n\nGift cards never expire.\n")
+    third = run_ingest(settings)
+    assert (third.added, third.changed, third.removed) == (1, 0, 0)  # compared with what was live
+    texts = list(live_texts(settings).values())
+    assert any("$35 a month" in t for t in texts) and not any("$39" in t for t in texts)
+    assert any("Gift cards never expire" in t for t in texts)
+    assert len(texts) == first.chunks + 1 and third.embedded == 1
+    assert_tidy(settings)  # the $39 build is neither live nor previous now: its records are gone
+    assert rollback(settings).build == first.build  # the previous is what was live before
+    assert not any("Gift cards" in t for t in live_texts(settings).values())
 
 
 def _write_bad_inputs(kb: Path) -> None:
@@ -206,9 +189,9 @@ def _write_bad_inputs(kb: Path) -> None:
     (kb / "latin1.txt").write_bytes("Café opening hours\n\nThe café in Zürich opens at nine.\n".encode("latin-1"))
 
 
-def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_ingested(make_settings: MakeSettings, kb: Path) -> None:
+def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_ingested(index_settings: MakeSettings, kb: Path) -> None:
     _write_bad_inputs(kb)
-    settings = make_settings(ingest_max_file_mb=0.01)
+    settings = index_settings(ingest_max_file_mb=0.01)
     report = run_ingest(settings)
     reasons = {skip.path: skip.reason for skip in report.skipped}
     assert reasons.keys() == {
@@ -222,15 +205,19 @@ def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_ingested(make_setting
     assert reasons["locked.pdf"] == "encrypted PDF: it needs a password to open"
     assert reasons["scan.pdf"].startswith("no extractable text")
     assert reasons["garbage.txt"] == "binary content, not text"
-    sources = {chunk.source: chunk.text for chunk in live_chunks(settings)}
-    assert sources.keys() == {"plans.md", "support/hours.txt", "support/contact.html", "latin1.txt"}
-    assert sources["latin1.txt"] == "The café in Zürich opens at nine."
+    texts = {record.source: record.text for record in build_records(settings)}
+    assert texts.keys() == {"plans.md", "support/hours.txt", "support/contact.html", "latin1.txt"}
+    assert texts["latin1.txt"] == "The café in Zürich opens at nine."
 
     again = run_ingest(settings)  # skipped files are remembered, not parsed again, and still reported
     assert again.noop and sorted(again.skipped, key=str) == sorted(report.skipped, key=str)
     with pytest.raises(StrictRefused) as refused:
         run_ingest(settings, strict=True)
-    assert len(refused.value.report.skipped) == 9 and builds(settings)[0] == report.build
+    assert len(refused.value.report.skipped) == 9 and pointer(settings).live == report.build
+
+    (kb / "extra.md").write_text("# Extra\n\nOne more page.\n")
+    carried = run_ingest(settings)  # unchanged skipped files keep their reason without a re-parse
+    assert {s.path for s in carried.skipped} == reasons.keys()
 
 
 def _decompression_bomb_docx(paragraphs: int) -> bytes:
@@ -249,31 +236,33 @@ def _decompression_bomb_docx(paragraphs: int) -> bytes:
     return out.getvalue()
 
 
-def test_a_file_that_hangs_its_parser_is_skipped_and_the_rest_ingested(make_settings: MakeSettings, kb: Path) -> None:
+def test_a_file_that_hangs_its_parser_is_skipped_and_the_rest_ingested(index_settings: MakeSettings, kb: Path) -> None:
     (kb / "manual.docx").write_bytes(_decompression_bomb_docx(300_000))  # minutes of parsing
-    settings = make_settings(ingest_parse_timeout_s=1)
+    settings = index_settings(ingest_parse_timeout_s=1)
     report = run_ingest(settings)
     assert [(s.path, s.reason) for s in report.skipped] == [
         ("manual.docx", "took longer than 1 s to parse (INGEST_PARSE_TIMEOUT_S)")
     ]
-    assert {c.source for c in live_chunks(settings)} == {"plans.md", "support/hours.txt", "support/contact.html"}
+    assert sources(settings) == {"plans.md", "support/hours.txt", "support/contact.html"}
     again = run_ingest(settings)  # remembered by content: not parsed (and waited for) again
     assert again.noop and [s.path for s in again.skipped] == ["manual.docx"]
 
 
-def test_strict_refuses_before_writing_a_build(make_settings: MakeSettings, kb: Path) -> None:
-    settings = make_settings()
+def test_strict_refuses_before_writing_a_build(index_settings: MakeSettings, kb: Path) -> None:
+    settings = index_settings()
     first = run_ingest(settings)
+    before = stored(settings)
     (kb / "broken.pdf").write_bytes(b"%PDF-1.4\nnot really")
     (kb / "new.md").write_text("# New\n\nSomething new.\n")
     with pytest.raises(StrictRefused):
         run_ingest(settings, strict=True)
-    assert builds(settings) == (first.build, None, [first.build])
+    assert pointer(settings).live == first.build and stored(settings) == before
 
 
-def test_missing_source_and_empty_corpus_leave_the_live_build(make_settings: MakeSettings, kb: Path) -> None:
-    settings = make_settings()
+def test_missing_source_and_empty_corpus_leave_the_live_build(index_settings: MakeSettings, kb: Path) -> None:
+    settings = index_settings()
     live = run_ingest(settings).build
+    before = stored(settings)
     with pytest.raises(SourceMissing, match="does not exist"):
         run_ingest(settings, kb / "nope")
     only_bad = kb.parent / "only-bad"
@@ -282,18 +271,18 @@ def test_missing_source_and_empty_corpus_leave_the_live_build(make_settings: Mak
     (only_bad / "blank.txt").write_text("   \n\n")
     with pytest.raises(NothingToIndex):
         run_ingest(settings, only_bad)
-    assert builds(settings) == (live, None, [live])
+    assert pointer(settings).live == live and stored(settings) == before
 
 
-def test_second_ingest_refuses_or_waits_while_the_lock_is_held(make_settings: MakeSettings, kb: Path) -> None:
-    settings = make_settings()
-    with ingest_lock(settings.index_dir, 0), pytest.raises(IngestBusy, match=r"another ingest \(pid \d+\)"):
+def test_second_ingest_refuses_or_waits_while_the_lock_is_held(index_settings: MakeSettings, kb: Path) -> None:
+    settings = index_settings(ingest_lease_seconds=2)
+    with ingest_lock(settings, 0), pytest.raises(IngestBusy, match=r"another ingest \(pid \d+"):
         run_ingest(settings, wait_seconds=0.2)
 
     held = threading.Event()
 
     def hold_briefly() -> None:
-        with ingest_lock(settings.index_dir, 0):
+        with ingest_lock(settings, 0):
             held.set()
             time.sleep(1.0)
 
@@ -306,116 +295,13 @@ def test_second_ingest_refuses_or_waits_while_the_lock_is_held(make_settings: Ma
     assert time.monotonic() - started >= 0.8 and report.build is not None
 
 
-# --- as a command, in other processes -------------------------------------------------------
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHROMA_", "INDEX_", "KNOWLEDGE_", "DATA_"))}
-    env |= {
-        "KNOWLEDGE_DIR": str(settings.knowledge_dir),
-        "DATA_DIR": str(settings.data_dir),
-        "INDEX_DIR": str(settings.index_dir),
-    }
-    if settings.chroma_host:
-        env |= {"CHROMA_HOST": settings.chroma_host, "CHROMA_PORT": str(settings.chroma_port)}
-    return env
-
-
-def _ingest_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ingest", *args],
-        env=_env(settings),
-        cwd=settings.knowledge_dir.parent,  # no .env of the developer's is read
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-class _Running:
-    """`python -m ingest` in the background, its stderr (the progress bar) collected as it comes."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ingest"],
-            env=_env(settings),
-            cwd=settings.knowledge_dir.parent,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.stderr = ""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        # os.read returns whatever has arrived; a buffered read would sit on a short progress line.
-        while chunk := os.read(self.process.stderr.fileno(), 4096):
-            self.stderr += chunk.decode(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, self.stderr):
-            assert self.process.poll() is None, f"ingest ended early: {self.stderr[-2000:]}"
-            assert time.monotonic() < deadline, f"no {pattern!r} in: {self.stderr[-2000:]}"
-            time.sleep(0.05)
-
-    def finish(self) -> int:
-        code = self.process.wait(timeout=120)
-        self._reader.join(5)
-        return code
-
-
-@pytest.fixture
-def running() -> Iterator[list[_Running]]:
-    started: list[_Running] = []
-    yield started
-    for run in started:
-        if run.process.poll() is None:
-            run.process.kill()
-            run.finish()
-
-
-def _long_document(kb: Path, sections: int = 80) -> None:
-    rng = random.Random(5)
-    words = "router bill outage install move refund phone fibre mesh signal account payment".split()
-    body = [f"# Field Manual\n\n## Procedure {i}\n\n" + " ".join(rng.choices(words, k=60)) for i in range(sections)]
-    (kb / "manual.md").write_text("\n\n".join(body))
-
-
-def test_a_second_ingest_refuses_and_a_sigkill_mid_write_leaves_the_live_build(
-    make_settings: MakeSettings, kb: Path, running: list[_Running]
-) -> None:
-    settings = make_settings()
-    before = run_ingest(settings)
-    live_before = sorted(chunk.id for chunk in live_chunks(settings))
-    _long_document(kb)
-    run = _Running(settings)
-    running.append(run)
-    run.wait_for("reading")  # it holds the lock from before it reads a file
-    assert (settings.index_dir / LOCK_FILE).read_text() == str(run.process.pid)
-    with pytest.raises(IngestBusy, match=f"another ingest \\(pid {run.process.pid}\\)"):
-        run_ingest(settings, wait_seconds=0)
-
-    run.wait_for(r"embedding:.*?\| *[1-9]\d*/\d+ \[")  # at least one batch is in the new build
-    run.process.send_signal(signal.SIGKILL)
-    run.finish()
-    live, previous, present = builds(settings)
-    assert (live, previous) == (before.build, None) and len(present) == 2  # the half-written build
-    assert sorted(chunk.id for chunk in live_chunks(settings)) == live_before
-
-    after = run_ingest(settings, wait_seconds=0)  # the kernel dropped the dead ingest's lock
-    assert after.added == 1 and after.reused == before.chunks
-    assert builds(settings) == (after.build, before.build, sorted([before.build, after.build]))
-
-
-def test_command_line_report_exit_codes_and_rollback(make_settings: MakeSettings, kb: Path) -> None:
-    settings = make_settings()
+def test_command_line_report_exit_codes_and_rollback(index_settings: MakeSettings, kb: Path) -> None:
+    settings = index_settings()
     first = run_ingest(settings)
     (kb / "more.md").write_text("# More\n\nOne more page.\n")
     second = run_ingest(settings)
 
-    noop = _ingest_cli(settings, "--json")
+    noop = ingest_cli(settings, "--json")
     assert noop.returncode == 0, noop.stderr
     report = json.loads(noop.stdout)
     assert {"added", "changed", "removed", "unchanged", "skipped", "chunks", "embedded", "reused", "seconds",
@@ -423,14 +309,31 @@ def test_command_line_report_exit_codes_and_rollback(make_settings: MakeSettings
     assert report["build"] == second.build and report["embedded"] == 0 and noop.stderr == ""
 
     (kb / ".notes.md").write_text("# Notes\n")
-    strict = _ingest_cli(settings, "--json", "--strict")
+    strict = ingest_cli(settings, "--json", "--strict")
     assert strict.returncode == 1 and json.loads(strict.stdout)["skipped"] == [
         {"path": ".notes.md", "reason": "hidden file"}
     ]
-    missing = _ingest_cli(settings, "--source", str(kb / "nope"))
+    missing = ingest_cli(settings, "--source", str(kb / "nope"))
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0 and "does not exist" in missing.stderr
 
-    back = _ingest_cli(settings, "--rollback", "--json")
+    back = ingest_cli(settings, "--rollback", "--json")
     assert back.returncode == 0 and json.loads(back.stdout)["build"] == first.build
-    assert builds(settings)[:2] == (first.build, second.build)
-    assert "--strict" in _ingest_cli(settings, "--help").stdout
+    assert (pointer(settings).live, pointer(settings).previous) == (first.build, second.build)
+    assert "--strict" in ingest_cli(settings, "--help").stdout
+
+
+def test_an_index_from_before_shared_builds_is_rebuilt_and_removed(tmp_path: Path, shared_data_dir: Path) -> None:
+    """Embedded indexes made by earlier versions (one store per build under builds/, live.json) are
+    replaced by a full build on the first run; the old files go only once the new build is live."""
+    kb = write_kb(tmp_path / "kb")
+    index_dir = tmp_path / "index"
+    (index_dir / "builds" / "20260101T000000Z-abc123").mkdir(parents=True)
+    (index_dir / "builds" / "20260101T000000Z-abc123" / "chroma.sqlite3").write_bytes(b"old store")
+    (index_dir / "live.json").write_text('{"live": "20260101T000000Z-abc123"}')
+    settings = Settings(_env_file=None, knowledge_dir=kb, data_dir=shared_data_dir, index_dir=index_dir)
+    assert build_state(settings).pointer().live is None  # the server sees no index it can read, and builds one
+    report = run_ingest(settings)
+    assert report.added == 3 and report.embedded == report.chunks
+    assert not (index_dir / "builds").exists() and not (index_dir / "live.json").exists()
+    assert sources(settings) == {"plans.md", "support/hours.txt", "support/contact.html"}
+    shutil.rmtree(index_dir)

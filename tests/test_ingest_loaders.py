@@ -12,7 +12,8 @@ import docx
 import pytest
 from fpdf import FPDF
 
-from app.knowledge.index import embedded_text, resolve_model
+from app.knowledge.embedding import resolve_model
+from app.knowledge.records import embedded_text
 from ingest.chunker import Chunker, Passage
 from ingest.document import Section, Unreadable
 from ingest.loaders import load_document

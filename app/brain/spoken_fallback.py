@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from app.brain.speech_filter import speakable
-from app.knowledge.index import QueryEncoder
+from app.knowledge.embedding import QueryEncoder
 from app.knowledge.retrieval import Retrieval
 
 NO_ANSWER = (

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.knowledge.index import query_encoder_for
+from app.knowledge.embedding import query_encoder_for
 from app.knowledge.retrieval import ABSTAIN_BELOW, Retrieval, Retriever
 from app.settings import Settings, load_settings
 from ingest.pipeline import run_ingest

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import uvloop
 
-from app.knowledge.index import query_encoder_for
+from app.knowledge.embedding import query_encoder_for
 from app.knowledge.retrieval import Retriever
 from app.settings import Settings
 from app.testing.speech_engine import SpeechEngineClient

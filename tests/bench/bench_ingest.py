@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.knowledge.index import Embedder, embedded_text, embedder_for, resolve_model
+from app.knowledge.embedding import Embedder, embedder_for, resolve_model
+from app.knowledge.records import embedded_text
 from app.settings import Settings
 from ingest.chunker import Chunker
 from ingest.loaders import SUPPORTED_SUFFIXES, load_document

@@ -1,0 +1,52 @@
+"""`make ingest ARGS=--watch`: ingest, then ingest again each time the documents settle after a change.
+
+watchfiles (inotify on Linux) groups the changes of a burst, a folder copied in or an editor saving
+three files, until the folder has been quiet for SETTLE_MS (at most MAX_BATCH_MS), so a burst is one
+ingest. An ingest that fails (a folder emptied, a busy index) is reported and the watch goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from app.knowledge.embedding import ModelNotFound
+from app.settings import Settings
+from ingest.errors import IngestError
+from ingest.pipeline import StrictRefused, run_ingest
+from ingest.report import Report
+
+SETTLE_MS = 400
+MAX_BATCH_MS = 5_000
+
+
+def watch(settings: Settings, source: Path | None, *, wait_seconds: float, as_json: bool, strict: bool) -> None:
+    """Runs until interrupted (Ctrl-C)."""
+    import watchfiles
+
+    root = source if source is not None else settings.knowledge_dir
+
+    def ingest() -> None:
+        _run(
+            lambda: run_ingest(settings, source, wait_seconds=wait_seconds, progress=not as_json, strict=strict),
+            as_json,
+        )
+
+    ingest()
+    print(f"watching {root} for changes (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    for _ in watchfiles.watch(root, debounce=MAX_BATCH_MS, step=SETTLE_MS, raise_interrupt=False):
+        ingest()
+
+
+def _run(ingest: Callable[[], Report], as_json: bool) -> None:
+    try:
+        report = ingest()
+    except StrictRefused as exc:
+        report = exc.report
+        print(f"ingest: {exc}", file=sys.stderr, flush=True)
+    except (IngestError, ModelNotFound) as exc:
+        print(json.dumps({"error": str(exc)}) if as_json else f"ingest: {exc}", flush=True)
+        return
+    print(json.dumps(report.to_json()) if as_json else report.human(), flush=True)
