@@ -7,8 +7,10 @@ beats (bumps a counter on its claim) every few seconds from a thread; a claim wh
 for `INGEST_LEASE_SECONDS`, by the waiting ingest's own clock, is a dead holder's and the next
 generation may be claimed, so no two machines' clocks need to agree. Release marks the claim free.
 
-A holder that was frozen longer than the lease (a suspended laptop) finds a newer generation on its
-next beat and stops before it changes what is live.
+A holder that was frozen longer than the lease (a suspended laptop) finds a newer generation when it
+next checks, before each write, and stops. Chroma has no conditional write, so a holder frozen for
+longer than the lease exactly between a check and the write after it could still land that one
+batch: a lease in a store without compare-and-set cannot rule that out, only make it unlikely.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ class Lease:
             time.sleep(_POLL_SECONDS)
 
     def check(self) -> None:
-        if self._lost.is_set():
+        """Raise LeaseLost if a newer generation was claimed (asks Chroma: the beat may be asleep)."""
+        if self._lost.is_set() or max(self._claims(), default=0) != self._generation:
+            self._lost.set()
             raise LeaseLost(f"another ingest took over this one's lease on {self._where}; nothing was switched")
 
     def release(self) -> None:

@@ -187,8 +187,7 @@ class _Ingest:
             writer.validate(collection, build, manifest.chunks, probe)
             self.stages.start("switching", f"build {build} goes live")
             self.stages.checkpoint("switching")
-            if self.lease is not None:
-                self.lease.check()
+            self._still_ours()
             switched = Pointer(live=build, previous=pointer.live)
             self.state.switch(switched)
             self.stages.start("cleaning up")
@@ -288,14 +287,21 @@ class _Ingest:
 
     def _write(self, collection: Any, build: int, changes: _Changes) -> None:
         """The next build's records: nothing the live build sees changes (see `ingest.writer`)."""
+        self._still_ours()
         self.state.mark_writing(build)
         self.stages.start("writing", f"build {build}: {len(changes.add)} new records, {len(changes.close)} ended")
         with self.stages.bar("writing", len(changes.add) + len(changes.close), "record") as bar:
+            writer.close_records(collection, build, changes.close)
+            bar.update(len(changes.close))
             for start in range(0, len(changes.add), writer.BATCH):
+                self._still_ours()
                 batch = changes.add[start : start + writer.BATCH]
                 writer.add_records(collection, build, batch, [changes.vectors[r.embed_key] for r in batch])
                 bar.update(len(batch))
                 self.stages.checkpoint("writing")
-            writer.close_records(collection, build, changes.close)
-            bar.update(len(changes.close))
         self.stages.checkpoint("writing")
+
+    def _still_ours(self) -> None:
+        """On a Chroma server, stop before a write if another ingest took over the lease."""
+        if self.lease is not None:
+            self.lease.check()

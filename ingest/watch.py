@@ -34,10 +34,13 @@ def watch(settings: Settings, source: Path | None, *, wait_seconds: float, as_js
             as_json,
         )
 
-    ingest()
-    print(f"watching {root} for changes (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    for _ in watchfiles.watch(root, debounce=MAX_BATCH_MS, step=SETTLE_MS, raise_interrupt=False):
+    try:
         ingest()
+        print(f"watching {root} for changes (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        for _ in watchfiles.watch(root, debounce=MAX_BATCH_MS, step=SETTLE_MS, raise_interrupt=False):
+            ingest()
+    except KeyboardInterrupt:  # an ingest cut short is undone by the next one
+        return
 
 
 def _run(ingest: Callable[[], Report], as_json: bool) -> None:

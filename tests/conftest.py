@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,17 @@ def index_settings(request: pytest.FixtureRequest, tmp_path: Path, shared_data_d
         return Settings(_env_file=None, **(values | overrides))
 
     return make
+
+
+@pytest.fixture
+def running() -> Iterator[list[Any]]:
+    """`python -m ingest` processes a test starts (tests.index_support.Running), killed if left running."""
+    started: list[Any] = []
+    yield started
+    for run in started:
+        if run.process.poll() is None:
+            run.process.kill()
+            run.finish()
 
 
 @pytest.fixture

@@ -15,8 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from app.knowledge.manifest import Manifest
 from app.knowledge.records import OPEN, ChunkRecord, visible_in
 from app.knowledge.search import LiveBuild
@@ -225,16 +223,6 @@ class Running:
         for reader in self._readers:
             reader.join(5)
         return code
-
-
-@pytest.fixture
-def running() -> Iterator[list[Running]]:
-    started: list[Running] = []
-    yield started
-    for run in started:
-        if run.process.poll() is None:
-            run.process.kill()
-            run.finish()
 
 
 @contextmanager

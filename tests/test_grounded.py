@@ -16,6 +16,7 @@ from app.testing.fake_openai import FakeOpenAI, Reply
 from app.testing.speech_engine import SpeechEngineClient
 from ingest.pipeline import run_ingest
 from tests.conftest import SECRET
+from tests.index_support import clear_server, server_address
 
 
 def model(fake: FakeOpenAI, **extra: object) -> dict[str, object]:
@@ -106,16 +107,23 @@ async def test_injection_is_flagged_and_stays_out_of_the_system_role(serve, fake
     assert 'switchboard_sanitiser_flags_total{flag="injection"} 1.0' in metrics
 
 
-async def test_new_build_goes_live_between_turns(serve, make_settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["embedded", "server"])
+async def test_new_build_goes_live_between_turns(serve, make_settings, tmp_path: Path, store: str) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
     page = docs / "hours.md"
     page.write_text("# Opening hours\n\nOur shop on Quay Street opens at nine in the morning every weekday.\n")
-    index_dir = tmp_path / "index"
-    settings = make_settings(index_dir=index_dir)
+    index: dict[str, object] = {"index_dir": tmp_path / "index"}
+    if store == "server":
+        address = server_address()
+        if address is None:
+            pytest.skip("server mode needs CHROMA_TEST_HOST/CHROMA_TEST_PORT of a running `chroma run`")
+        clear_server(*address)
+        index |= {"chroma_host": address[0], "chroma_port": address[1]}
+    settings = make_settings(**index)
     await asyncio.to_thread(run_ingest, settings, docs)
     async with (
-        serve(index_dir=index_dir) as server,
+        serve(**index) as server,
         await SpeechEngineClient.open(f"{server.ws_url}/ws", shared_secret=SECRET) as client,
     ):
         _, before = await get_json(server, "/readyz")

@@ -29,6 +29,7 @@ from tests.index_support import (
     answers,
     assert_tidy,
     build_records,
+    clear_server,
     ingest_cli,
     live_texts,
     pointer,
@@ -337,3 +338,38 @@ def test_an_index_from_before_shared_builds_is_rebuilt_and_removed(tmp_path: Pat
     assert not (index_dir / "builds").exists() and not (index_dir / "live.json").exists()
     assert sources(settings) == {"plans.md", "support/hours.txt", "support/contact.html"}
     shutil.rmtree(index_dir)
+
+
+def _pages(root: Path, count: int, seed: int) -> None:
+    rng = random.Random(seed)
+    words = "router bill outage install move refund phone fibre mesh signal account payment modem".split()
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        sections = [f"## Part {s}\n\n" + " ".join(rng.choices(words, k=70)) for s in range(4)]
+        (root / f"page-{n}.md").write_text(f"# Page {n}\n\n" + "\n\n".join(sections))
+
+
+def test_an_edit_costs_the_same_in_a_small_and_a_five_times_larger_index(
+    index_settings: MakeSettings, tmp_path: Path
+) -> None:
+    """The same one-file edit embeds the same texts and writes the same records, whatever else is
+    indexed (counted in the store)."""
+    costs = []
+    for size in (1, 5):
+        kb = tmp_path / f"kb-{size}"
+        for folder in range(size):
+            _pages(kb / f"team-{folder}", 8, seed=folder)
+        settings = index_settings(knowledge_dir=kb, index_dir=tmp_path / f"index-{size}")
+        if settings.chroma_host:
+            clear_server(settings.chroma_host, settings.chroma_port)
+        first = run_ingest(settings)
+        before = stored(settings)
+        page = kb / "team-0" / "page-3.md"
+        page.write_text(page.read_text().replace("## Part 2", "## Part 2 (updated)") + "\nA new closing line.\n")
+        edit = run_ingest(settings)
+        after = stored(settings)
+        new = len(after.keys() - before.keys())
+        ended = sum(1 for record, run in before.items() if after.get(record) != run)
+        costs.append((first.chunks, edit.embedded, new, ended))
+    (small, *small_cost), (large, *large_cost) = costs
+    assert large >= 5 * small - 5 and small_cost == large_cost and small_cost[0] > 0

@@ -107,7 +107,10 @@ def test_a_build_made_live_is_found_without_a_restart_and_searches_never_mix_bui
             if answer.build_id not in builds:
                 continue  # made live a moment ago; its release is recorded when run_ingest returns
             expected = f"release {builds[answer.build_id]}."
-            assert all(expected in p.text for p in answer.passages), (answer.build_id, [p.text for p in answer.passages])
+            assert all(expected in p.text for p in answer.passages), (
+                answer.build_id,
+                [p.text for p in answer.passages],
+            )
             seen.add(answer.build_id)
         writer.join()
     assert max(builds) in seen and len(seen) >= 2
