@@ -10,6 +10,8 @@ mostly of other builds, never the rule.
 from __future__ import annotations
 
 import copy
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,9 @@ if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
 _FETCH_BATCH = 1000  # ids per request: under SQLite's limit on query variables
+# Passages handed on lately, by record id (a record never changes): callers ask about the same few
+# things, and a turn whose passages are all here makes one request to Chroma instead of two.
+RECENT_PASSAGES = 2000
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class LiveBuild:
         keywords: KeywordIndex,
         text_keys: list[int],
         stored: int,
+        recent: _Recent | None = None,
     ) -> None:
         self.build_id = build_id
         self.collection = collection
@@ -51,6 +57,7 @@ class LiveBuild:
         self.text_keys = text_keys  # per row, equal for equal passage texts (a copied page)
         # Records of other builds in the collection when this one was loaded: how far to over-ask.
         self._others = max(stored - len(ids), 0)
+        self._recent = recent or _Recent(RECENT_PASSAGES)
 
     @classmethod
     def load(cls, collection: Collection, build_id: int, previous: LiveBuild | None = None) -> LiveBuild:
@@ -70,6 +77,7 @@ class LiveBuild:
             previous.keywords.changed(np.array(keep, dtype=np.int64), texts),
             [previous.text_keys[row] for row in keep] + keys,
             stored,
+            previous._recent,
         )
 
     def nearest(self, embedding: np.ndarray, k: int) -> list[Hit]:
@@ -89,12 +97,16 @@ class LiveBuild:
 
     def records(self, rows: Sequence[int]) -> dict[int, ChunkRecord]:
         """The stored passages of these rows, in their order (one removed since is left out)."""
-        found = self.collection.get(ids=[self.ids[row] for row in rows], include=["documents", "metadatas"])
-        by_id = {
-            record: ChunkRecord.from_stored(record, document or "", dict(metadata or {}))
-            for record, document, metadata in zip(found["ids"], found["documents"], found["metadatas"], strict=True)
-        }
-        return {row: by_id[self.ids[row]] for row in rows if self.ids[row] in by_id}
+        found = self._recent.get([self.ids[row] for row in rows])
+        missing = [self.ids[row] for row in rows if self.ids[row] not in found]
+        if missing:
+            fetched = self.collection.get(ids=missing, include=["documents", "metadatas"])
+            for record, document, metadata in zip(
+                fetched["ids"], fetched["documents"], fetched["metadatas"], strict=True
+            ):
+                found[record] = ChunkRecord.from_stored(record, document or "", dict(metadata or {}))
+            self._recent.put({record: found[record] for record in missing if record in found})
+        return {row: found[self.ids[row]] for row in rows if self.ids[row] in found}
 
     def all_records(self) -> list[ChunkRecord]:
         """Every passage of the build, read page by page (tests, tools)."""
@@ -137,3 +149,25 @@ def _texts(collection: Collection, ids: Sequence[str]) -> tuple[list[str], list[
             texts.append(embedded_text(chunk.headings, chunk.text))
             keys.append(hash(chunk.text))
     return found_ids, texts, keys
+
+
+class _Recent:
+    """A small least-recently-used map of passages, shared by the builds of one process."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, ChunkRecord] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, records: Sequence[str]) -> dict[str, ChunkRecord]:
+        with self._lock:
+            found = {record: self._items[record] for record in records if record in self._items}
+            for record in found:
+                self._items.move_to_end(record)
+            return found
+
+    def put(self, items: dict[str, ChunkRecord]) -> None:
+        with self._lock:
+            self._items.update(items)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)

@@ -130,7 +130,7 @@ def test_brain_overhead(tmp_path: Path) -> None:
     retriever.load()
     assert retriever.build is not None
     timings = [retriever.retrieve_sync(q).seconds for q in QUESTIONS * 20]
-    print(f"\nretrieval alone over {len(retriever.build.chunks)} passages: {_percentiles(timings)}")
+    print(f"\nretrieval alone over {len(retriever.build.ids)} passages: {_percentiles(timings)}")
     retriever.close()
     with brain_server(tmp_path, {"INDEX_DIR": str(index_dir), "DATA_DIR": str(settings.data_dir)}) as url:
         uvloop.run(run_load(url, 2))  # warm-up: imports, first connections
