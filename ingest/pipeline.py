@@ -22,7 +22,7 @@ from app.knowledge.records import CHUNKER_VERSION, ChunkRecord, record_id
 from app.knowledge.store import BuildState, Pointer, build_state, chunk_collection, writing_client
 from app.settings import Settings
 from ingest import writer
-from ingest.errors import IngestError, NoPreviousBuild, NothingToIndex
+from ingest.errors import BuildInvalid, IngestError, NoPreviousBuild, NothingToIndex
 from ingest.lease import Lease
 from ingest.lock import ingest_lock
 from ingest.prepare import Prepared, prepare_all
@@ -81,7 +81,9 @@ def rollback(settings: Settings, *, wait_seconds: float = DEFAULT_WAIT_SECONDS) 
         collection = chunk_collection(client, manifest.model_id)
         if collection is None:
             raise NoPreviousBuild(f"the previous build's passages are missing from {_location(settings)}")
-        writer.validate(collection, pointer.previous, manifest.chunks, probe=None)
+        held = writer.count(collection, pointer.previous)
+        if held != manifest.chunks:
+            raise BuildInvalid(f"the previous build holds {held} chunks, expected {manifest.chunks}; it stays previous")
         if lease is not None:
             lease.check()
         state.switch(Pointer(live=pointer.previous, previous=pointer.live))
@@ -157,7 +159,7 @@ class _Ingest:
                 raise StrictRefused(report)
             return report
 
-        newest = Manifest.from_json(self.state.manifest(pointer.newest)) if pointer.newest else None
+        newest = live if pointer.newest == pointer.live else Manifest.from_json(self.state.manifest(pointer.newest))
         plan = self._plan(newest)
         self.stages.start("parsing", f"{len(plan.parse)} new or changed files, {len(plan.kept)} unchanged")
         prepared = sorted(self._prepare(plan.parse), key=lambda p: p.source)
@@ -173,18 +175,15 @@ class _Ingest:
                 + (f" ({len(report.skipped)} file(s) skipped)" if report.skipped else "")
             )
         build = pointer.newest + 1
+        # One session from here: the embedded store is opened (and its vector index loaded) once.
         with writing_client(self.settings, self.wait_seconds) as client:
             collection = chunk_collection(client, self.spec.model_id, create=True)
             assert collection is not None
             changes = self._changes(collection, plan, chunks)
-        self._embed(changes)
-        with writing_client(self.settings, self.wait_seconds) as client:
-            collection = chunk_collection(client, self.spec.model_id, create=True)
-            assert collection is not None
+            self._embed(changes)
             self._write(collection, build, changes)
             self.state.save_manifest(build, manifest.to_json())
-            probe = record_id(changes.add[0].id, build) if changes.add else None
-            writer.validate(collection, build, manifest.chunks, probe)
+            writer.validate(collection, build, [record_id(r.id, build) for r in changes.add], changes.close)
             self.stages.start("switching", f"build {build} goes live")
             self.stages.checkpoint("switching")
             self._still_ours()

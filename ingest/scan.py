@@ -41,35 +41,45 @@ def scan_source(root: Path, max_file_mb: float) -> Scan:
         what = "is not a directory" if root.exists() else "does not exist"
         raise SourceMissing(f"source directory {root} {what}")
     scan = Scan(root=root)
-    max_bytes = int(max_file_mb * 1024 * 1024)
-    for directory, subdirs, names in os.walk(root):
-        base = Path(directory)
-        for name in sorted(d for d in subdirs if d.startswith(".")):
-            scan.skipped.append(Skip(_relative(base / name, root) + "/", "hidden directory"))
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        for name in sorted(names):
-            path = base / name
-            source = _relative(path, root)
-            reason = _refusal(path, name, max_file_mb, max_bytes)
-            if reason is None:
-                try:
-                    scan.files[source] = SourceFile(path, source, file_sha256(path))
-                    continue
-                except OSError as exc:
-                    reason = f"cannot be read ({exc.strerror})"
-            scan.skipped.append(Skip(source, reason))
+    _visit(scan, str(root), "", max_file_mb, int(max_file_mb * 1024 * 1024))
     return scan
 
 
-def _refusal(path: Path, name: str, max_file_mb: float, max_bytes: int) -> str | None:
-    if name.startswith("."):
+def _visit(scan: Scan, directory: str, prefix: str, max_file_mb: float, max_bytes: int) -> None:
+    """One folder, as os.walk would go top down: its hidden folders, its files, then its folders. The
+    directory entries' cached stat makes this a few microseconds a file."""
+    with os.scandir(directory) as listing:
+        entries = sorted(listing, key=lambda entry: entry.name)
+    folders = [entry for entry in entries if entry.is_dir()]
+    for entry in folders:
+        if entry.name.startswith("."):
+            scan.skipped.append(Skip(f"{prefix}{entry.name}/", "hidden directory"))
+    for entry in entries:
+        if entry.is_dir():
+            continue
+        source = prefix + entry.name
+        reason = _refusal(entry, max_file_mb, max_bytes)
+        if reason is None:
+            try:
+                scan.files[source] = SourceFile(Path(entry.path), source, file_sha256(entry.path))
+                continue
+            except OSError as exc:
+                reason = f"cannot be read ({exc.strerror})"
+        scan.skipped.append(Skip(source, reason))
+    for entry in folders:
+        if not entry.name.startswith(".") and not entry.is_symlink():
+            _visit(scan, entry.path, f"{prefix}{entry.name}/", max_file_mb, max_bytes)
+
+
+def _refusal(entry: os.DirEntry[str], max_file_mb: float, max_bytes: int) -> str | None:
+    if entry.name.startswith("."):
         return "hidden file"
-    suffix = path.suffix.lower()
+    suffix = Path(entry.name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         return f"unsupported file type ({suffix or 'no extension'})"
-    if not path.is_file():
+    if not entry.is_file():
         return "not a regular file"
-    size = path.stat().st_size
+    size = entry.stat().st_size
     if size == 0:
         return "empty file"
     if size > max_bytes:
@@ -77,13 +87,9 @@ def _refusal(path: Path, name: str, max_file_mb: float, max_bytes: int) -> str |
     return None
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path | str) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _relative(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()

@@ -71,17 +71,29 @@ def close_records(collection: Collection, build: int, records: Sequence[str]) ->
         collection.update(ids=batch, metadatas=[{"last": build - 1}] * len(batch))
 
 
-def validate(collection: Collection, build: int, expected: int, probe: str | None) -> None:
-    """Count the build's records, and find one of its new records' own vector with a query."""
-    count = len(collection.get(where=visible_in(build), include=[])["ids"])
-    if count != expected:
-        raise BuildInvalid(f"build {build} holds {count} chunks, expected {expected}")
-    if probe is None:
+def count(collection: Collection, build: int) -> int:
+    """How many records a build holds (reads every id of it: for rollback, not for every edit)."""
+    return len(collection.get(where=visible_in(build), include=[])["ids"])
+
+
+def validate(collection: Collection, build: int, added: Sequence[str], closed: Sequence[str]) -> None:
+    """Read back what was written (the new records start at `build` and are open, the ended runs end
+    just before it) and find one new record's own vector with a query. This costs what changed."""
+    for batch in _batches(list(added), _LOOKUP_BATCH):
+        found = collection.get(ids=batch, include=["metadatas"])
+        runs = {(m["first"], m["last"]) for m in found["metadatas"] or []}
+        if len(found["ids"]) != len(batch) or runs - {(build, OPEN)}:
+            raise BuildInvalid(f"build {build}: its new records did not all reach the index")
+    for batch in _batches(list(closed), _LOOKUP_BATCH):
+        found = collection.get(ids=batch, include=["metadatas"])
+        if len(found["ids"]) != len(batch) or any(m["last"] != build - 1 for m in found["metadatas"] or []):
+            raise BuildInvalid(f"build {build}: the records it leaves out were not all ended")
+    if not added:
         return
-    vector = collection.get(ids=[probe], include=["embeddings"])["embeddings"]
+    vector = collection.get(ids=[added[0]], include=["embeddings"])["embeddings"]
     found = collection.query(query_embeddings=vector, n_results=1, include=["distances"])
     if not found["ids"][0] or found["distances"][0][0] > _PROBE_MAX_DISTANCE:
-        raise BuildInvalid(f"build {build} does not answer a query for its own chunk {probe}")
+        raise BuildInvalid(f"build {build} does not answer a query for its own chunk {added[0]}")
 
 
 def repair(client: ClientAPI, state: BuildState, pointer: Pointer) -> None:

@@ -8,8 +8,9 @@ Embedded (`INDEX_DIR`)::
     writing.json         {"build": n} while an ingest writes build n (a killed one leaves it behind)
     store.lock           who may open chroma/ (below); ingest.lock: one ingest at a time (ingest/lock.py)
 
-Chroma server: the same chunk collections, and a collection `switchboard_builds` whose records hold
-the pointer, the manifests and the writing marker.
+Chroma server: the same chunk collections, a collection `switchboard_builds` whose records hold the
+pointer and the writing marker, and `switchboard_manifests` (each compressed into one metadata value:
+a document would be indexed word by word, and make every write to the collection slow).
 
 There is one chunk collection per embedding model (vectors of two models never share an index).
 Its records carry the run of builds they belong to (see `records`), so a build is a filter, not a copy.
@@ -24,6 +25,7 @@ whatever an ingest adds later, and reads documents through SQLite, which is safe
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import json
@@ -31,6 +33,7 @@ import os
 import tempfile
 import threading
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +54,7 @@ WRITING_FILE = "writing.json"
 STORE_LOCK = "store.lock"
 CHUNKS_PREFIX = "switchboard_chunks_"
 BUILDS_COLLECTION = "switchboard_builds"
+MANIFESTS_COLLECTION = "switchboard_manifests"
 COLLECTION_CONFIG: dict[str, Any] = {"hnsw": {"space": "cosine"}}
 # Records of the builds collection carry no meaning as vectors, but Chroma wants one per record.
 PLACEHOLDER_VECTOR = [1.0]
@@ -169,14 +173,14 @@ class FileState(BuildState):
 
 
 class ServerState(BuildState):
-    """A Chroma server's state, as records of one collection; each write is one request."""
+    """A Chroma server's state, as records of two small collections; each write is one request."""
 
     _POINTER = "pointer"
     _WRITING = "writing"
 
     def __init__(self, client: ClientAPI) -> None:
         self._client = client
-        self._collection: Collection | None = None
+        self._collections: dict[str, Collection] = {}
 
     def pointer(self) -> Pointer:
         metadata = self._metadata(self._POINTER)
@@ -187,18 +191,22 @@ class ServerState(BuildState):
         self._put(self._POINTER, {"live": pointer.live or 0, "previous": pointer.previous or 0})
 
     def manifest(self, build: int) -> dict[str, Any] | None:
-        found = self._builds().get(ids=[f"manifest-{build}"], include=["documents"])
-        return json.loads(found["documents"][0]) if found["ids"] else None
+        found = self._collection(MANIFESTS_COLLECTION).get(ids=[str(build)], include=["metadatas"])
+        if not found["ids"]:
+            return None
+        return json.loads(zlib.decompress(base64.b64decode(str(found["metadatas"][0]["manifest"]))))
 
     def save_manifest(self, build: int, manifest: dict[str, Any]) -> None:
-        self._put(f"manifest-{build}", {"build": build}, json.dumps(manifest))
+        packed = base64.b64encode(zlib.compress(json.dumps(manifest).encode())).decode()
+        self._collection(MANIFESTS_COLLECTION).upsert(
+            ids=[str(build)], embeddings=[PLACEHOLDER_VECTOR], metadatas=[{"build": build, "manifest": packed}]
+        )
 
     def manifests(self) -> list[int]:
-        found = self._builds().get(where={"build": {"$gte": 0}}, include=["metadatas"])
-        return sorted(int(m["build"]) for m in found["metadatas"] or [])
+        return sorted(int(record) for record in self._collection(MANIFESTS_COLLECTION).get(include=[])["ids"])
 
     def remove_manifest(self, build: int) -> None:
-        self._builds().delete(ids=[f"manifest-{build}"])
+        self._collection(MANIFESTS_COLLECTION).delete(ids=[str(build)])
 
     def writing(self) -> int | None:
         metadata = self._metadata(self._WRITING)
@@ -207,22 +215,17 @@ class ServerState(BuildState):
     def mark_writing(self, build: int | None) -> None:
         self._put(self._WRITING, {"writing": build or 0})
 
-    def _builds(self) -> Collection:
-        if self._collection is None:
-            self._collection = self._client.get_or_create_collection(BUILDS_COLLECTION, embedding_function=None)
-        return self._collection
+    def _collection(self, name: str) -> Collection:
+        if name not in self._collections:
+            self._collections[name] = self._client.get_or_create_collection(name, embedding_function=None)
+        return self._collections[name]
 
     def _metadata(self, record: str) -> dict[str, Any] | None:
-        found = self._builds().get(ids=[record], include=["metadatas"])
+        found = self._collection(BUILDS_COLLECTION).get(ids=[record], include=["metadatas"])
         return dict(found["metadatas"][0] or {}) if found["ids"] else None
 
-    def _put(self, record: str, metadata: dict[str, Any], document: str | None = None) -> None:
-        self._builds().upsert(
-            ids=[record],
-            embeddings=[PLACEHOLDER_VECTOR],
-            metadatas=[metadata],
-            documents=[document] if document is not None else None,
-        )
+    def _put(self, record: str, metadata: dict[str, Any]) -> None:
+        self._collection(BUILDS_COLLECTION).upsert(ids=[record], embeddings=[PLACEHOLDER_VECTOR], metadatas=[metadata])
 
 
 def build_state(settings: Settings) -> BuildState:
@@ -321,7 +324,7 @@ def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
+            handle.write(json.dumps(data, separators=(",", ":")))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
