@@ -21,8 +21,10 @@ from tests.index_support import (
     Running,
     answers,
     assert_tidy,
+    clear_server,
     live_texts,
     pointer,
+    server_address,
     stored,
     write_kb,
 )
@@ -117,14 +119,23 @@ def test_a_killed_ingest_does_not_block_the_next_one(
 
 
 def test_a_frozen_ingest_whose_lease_was_taken_over_writes_nothing(
-    index_settings: MakeSettings, tmp_path: Path, running: list[Running]
+    tmp_path: Path, shared_data_dir: Path, running: list[Running]
 ) -> None:
-    """Server mode only: an ingest stopped longer than its lease (a suspended machine) loses it to the
-    next one, and when it wakes it stops before writing instead of racing the new holder."""
-    settings = index_settings(ingest_lease_seconds=2)
-    if not settings.chroma_server:
-        pytest.skip("an embedded ingest's flock cannot lapse while its process lives")
+    """On a Chroma server (an embedded ingest's flock cannot lapse while its process lives): an ingest
+    stopped longer than its lease (a suspended machine) loses it to the next one, and when it wakes it
+    stops before writing instead of racing the new holder."""
+    host, port = server_address()
+    clear_server(host, port)
     kb = write_kb(tmp_path / "kb")
+    settings = Settings(
+        _env_file=None,
+        knowledge_dir=kb,
+        data_dir=shared_data_dir,
+        index_dir=tmp_path / "index",
+        chroma_host=host,
+        chroma_port=port,
+        ingest_lease_seconds=2,
+    )
     run_ingest(settings)
     _long_document(kb)
     frozen = Running(settings, "--pause-at", "embedding")
