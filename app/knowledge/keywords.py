@@ -2,7 +2,7 @@
 
 The installed Chroma filters on words in documents ($contains) but does not rank by them on a local
 store or `chroma run` (its hybrid `search` is for Chroma's distributed and hosted deployments only),
-so BM25 is scored here: one sparse matrix of term frequencies per process (about 4 MB per 10,000
+so BM25 is scored here: one sparse matrix of term frequencies per process (about 7 MB per 10,000
 passages, measured by `make bench`), no texts and no vectors. A new build is applied as a change of
 rows (the passages that left, the passages that came), so a one-file edit does not re-read the index.
 
