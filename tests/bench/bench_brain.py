@@ -15,9 +15,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
+import pytest
 import uvloop
 
 from app.knowledge.embedding import query_encoder_for
@@ -25,6 +27,7 @@ from app.knowledge.retrieval import Retriever
 from app.settings import Settings
 from app.testing.speech_engine import SpeechEngineClient
 from ingest.pipeline import run_ingest
+from tests.bench.chroma_server import chroma_server
 from tests.bench.server_process import app_process
 
 MODEL_DELAY_S = 0.2
@@ -95,8 +98,9 @@ async def run_load(url: str, conversations: int) -> list[float]:
     return overheads
 
 
-def big_index() -> Path:
-    """An index of >= 5k passages, built once and reused (ingest is a no-op when nothing changed)."""
+def big_index(**store: Any) -> Path:
+    """An index of >= 5k passages, built once and reused (ingest is a no-op when nothing changed);
+    `store` may name a Chroma server (chroma_host, chroma_port) to build it there instead."""
     data = Path("data").resolve()
     docs = data / "bench" / "docs"
     if not docs.is_dir():
@@ -117,23 +121,34 @@ def big_index() -> Path:
             (docs / "filler" / f"archive-{page:03d}.md").write_text(
                 f"# Archive page {page}\n\n" + "\n\n".join(sections)
             )
-    settings = Settings(_env_file=None, data_dir=data, index_dir=data / "bench" / "index")
+    settings = Settings(_env_file=None, data_dir=data, index_dir=data / "bench" / "index", **store)
     report = run_ingest(settings, docs, progress=True)
     assert report.chunks >= 5000, report.chunks
     return settings.index_dir
 
 
-def test_brain_overhead(tmp_path: Path) -> None:
-    index_dir = big_index()
-    settings = Settings(_env_file=None, data_dir=Path("data").resolve(), index_dir=index_dir)
-    retriever = Retriever(settings, query_encoder_for(settings))
-    retriever.load()
-    assert retriever.build is not None
-    timings = [retriever.retrieve_sync(q).seconds for q in QUESTIONS * 20]
-    print(f"\nretrieval alone over {len(retriever.build.ids)} passages: {_percentiles(timings)}")
-    retriever.close()
-    with brain_server(tmp_path, {"INDEX_DIR": str(index_dir), "DATA_DIR": str(settings.data_dir)}) as url:
-        uvloop.run(run_load(url, 2))  # warm-up: imports, first connections
-        for n in (1, 20, 50):
-            overheads = uvloop.run(run_load(url, n))  # the caller side adds as little as it can
-            print(f"brain overhead, {n:>2} conversations: {_percentiles(overheads)}")
+@pytest.mark.parametrize("store", ["embedded", "server"])
+def test_brain_overhead(store: str, tmp_path: Path) -> None:
+    """On the embedded store, and on a `chroma run` of the bench's own (its data kept under
+    data/bench/chroma, so the index is built once)."""
+    with ExitStack() as stack:
+        server: dict[str, Any] = {}
+        if store == "server":
+            host, port = stack.enter_context(chroma_server(Path("data").resolve() / "bench" / "chroma"))
+            server = {"chroma_host": host, "chroma_port": port}
+        index_dir = big_index(**server)
+        settings = Settings(_env_file=None, data_dir=Path("data").resolve(), index_dir=index_dir, **server)
+        retriever = Retriever(settings, query_encoder_for(settings))
+        retriever.load()
+        assert retriever.build is not None
+        timings = [retriever.retrieve_sync(q).seconds for q in QUESTIONS * 20]
+        print(f"\n{store}: retrieval alone over {len(retriever.build.ids)} passages: {_percentiles(timings)}")
+        retriever.close()
+        env = {"INDEX_DIR": str(index_dir), "DATA_DIR": str(settings.data_dir)}
+        if server:
+            env |= {"CHROMA_HOST": server["chroma_host"], "CHROMA_PORT": str(server["chroma_port"])}
+        with brain_server(tmp_path, env) as url:
+            uvloop.run(run_load(url, 2))  # warm-up: imports, first connections
+            for n in (1, 20, 50):
+                overheads = uvloop.run(run_load(url, n))  # the caller side adds as little as it can
+                print(f"{store}: brain overhead, {n:>2} conversations: {_percentiles(overheads)}")
