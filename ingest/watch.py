@@ -8,6 +8,7 @@ ingest. An ingest that fails (a folder emptied, a busy index) is reported and th
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +24,10 @@ MAX_BATCH_MS = 5_000
 
 
 def watch(settings: Settings, source: Path | None, *, wait_seconds: float, as_json: bool, strict: bool) -> None:
-    """Runs until interrupted (Ctrl-C)."""
+    """Runs until interrupted: Ctrl-C, or SIGTERM from a service manager, stops it the same way."""
     import watchfiles
 
+    signal.signal(signal.SIGTERM, _interrupt)
     root = source if source is not None else settings.knowledge_dir
 
     def ingest() -> None:
@@ -41,6 +43,10 @@ def watch(settings: Settings, source: Path | None, *, wait_seconds: float, as_js
             ingest()
     except KeyboardInterrupt:  # an ingest cut short is undone by the next one
         return
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(ingest: Callable[[], Report], as_json: bool) -> None:

@@ -44,6 +44,6 @@ def test_watch_ingests_what_is_written_and_a_burst_once(
     third = _reports(run)[-1]
     assert (third["added"], third["changed"], third["removed"]) == (12, 0, 0)  # all twelve in one ingest
 
-    run.process.send_signal(signal.SIGINT)
+    run.process.send_signal(signal.SIGTERM)  # as a service manager stops it (Ctrl-C does the same)
     assert run.finish() == 0
     assert [r["build"] for r in _reports(run)] == [1, 2, 3]
