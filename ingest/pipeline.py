@@ -11,6 +11,7 @@ leftovers first.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from ingest.lock import ingest_lock
 from ingest.prepare import Prepared, prepare_all
 from ingest.progress import Stages
 from ingest.report import Report, RollbackReport
-from ingest.scan import Scan, Skip, scan_source
+from ingest.scan import Scan, Skip, require_directory, scan_source
 
 DEFAULT_WAIT_SECONDS = 30.0
 _EMBED_BATCH = 32  # also the granularity of the progress bar
@@ -55,10 +56,10 @@ def run_ingest(
     stages = Stages(progress, pause_at)
     root = source if source is not None else settings.knowledge_dir
     spec = resolve_model(settings.embedding_model)
-    scan = scan_source(root, settings.ingest_max_file_mb)
+    require_directory(root)  # before waiting for the lock: nothing to wait for
     with ingest_lock(settings, wait_seconds) as lease:
         try:
-            report = _Ingest(settings, spec, scan, stages, strict, wait_seconds, lease).run()
+            report = _Ingest(settings, spec, root, stages, strict, wait_seconds, lease).run()
         except StrictRefused as exc:
             exc.report.seconds = round(time.monotonic() - started, 2)
             raise
@@ -127,7 +128,7 @@ class _Ingest:
         self,
         settings: Settings,
         spec: ModelSpec,
-        scan: Scan,
+        root: Path,
         stages: Stages,
         strict: bool,
         wait_seconds: float,
@@ -135,7 +136,7 @@ class _Ingest:
     ) -> None:
         self.settings = settings
         self.spec = spec
-        self.scan = scan
+        self.root = root
         self.stages = stages
         self.strict = strict
         self.wait_seconds = wait_seconds
@@ -149,6 +150,8 @@ class _Ingest:
                 writer.repair(client, self.state, pointer)
                 self.state.mark_writing(None)
         live = Manifest.from_json(self.state.manifest(pointer.live)) if pointer.live else None
+        newest = live if pointer.newest == pointer.live else Manifest.from_json(self.state.manifest(pointer.newest))
+        self.scan: Scan = scan_source(self.root, self.settings.ingest_max_file_mb, [m for m in (newest, live) if m])
         report = self._compare(live, pointer.live)
         current = {source: f.sha256 for source, f in self.scan.files.items()}
         if live is not None and self._same_recipe(live) and live.fingerprints() == current:
@@ -159,7 +162,6 @@ class _Ingest:
                 raise StrictRefused(report)
             return report
 
-        newest = live if pointer.newest == pointer.live else Manifest.from_json(self.state.manifest(pointer.newest))
         plan = self._plan(newest)
         self.stages.start("parsing", f"{len(plan.parse)} new or changed files, {len(plan.kept)} unchanged")
         prepared = sorted(self._prepare(plan.parse), key=lambda p: p.source)
@@ -168,7 +170,7 @@ class _Ingest:
         if self.strict and report.skipped:
             raise StrictRefused(report)
         chunks, entries = self._chunks(prepared)
-        manifest = Manifest(self.spec.model_id, CHUNKER_VERSION, plan.kept | entries)
+        manifest = Manifest(self.spec.model_id, CHUNKER_VERSION, plan.kept | entries, self.scan.started_ns)
         if manifest.chunks == 0:
             raise NothingToIndex(
                 f"no text to index in {self.scan.root}; the live build was not changed"
@@ -223,7 +225,7 @@ class _Ingest:
             if entry is None or entry.sha256 != file.sha256:
                 plan.parse.append(source)
             else:
-                plan.kept[source] = entry
+                plan.kept[source] = dataclasses.replace(entry, stat=file.stat)
         return plan
 
     def _prepare(self, sources: list[str]) -> list[Prepared]:
@@ -250,7 +252,10 @@ class _Ingest:
             ]
             fresh = {record.id: record for record in made if record.id not in chunks}
             chunks.update(fresh)
-            entries[file.source] = FileEntry(file.sha256, len(fresh), file.skipped)
+            scanned = self.scan.files[file.source]
+            # The stat stands for these bytes only if the file did not change between scan and parse.
+            stat = scanned.stat if scanned.sha256 == file.sha256 else None
+            entries[file.source] = FileEntry(file.sha256, len(fresh), file.skipped, stat)
         return chunks, entries
 
     def _changes(self, collection: Any, plan: _Plan, chunks: dict[str, ChunkRecord]) -> _Changes:

@@ -1,17 +1,21 @@
 """Find the documents under the source directory and fingerprint them, without parsing anything.
 
-This is all an unchanged corpus costs: a walk, a stat and a SHA-256 per file. Files that can be
-refused from their name or size alone (hidden, unsupported type, empty, over the limit) are refused
-here, each with its reason.
+This is all an unchanged corpus costs: a walk and a stat per file, and a SHA-256 of the files whose
+stat differs from what the last builds recorded (`Manifest.checksum`). Files that can be refused from
+their name or size alone (hidden, unsupported type, empty, over the limit) are refused here, each
+with its reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.knowledge.manifest import Manifest, Stat
 from ingest.errors import SourceMissing
 from ingest.loaders import SUPPORTED_SUFFIXES
 
@@ -27,22 +31,37 @@ class SourceFile:
     path: Path
     source: str  # relative to the source directory, forward slashes: the name in the index
     sha256: str
+    stat: Stat
 
 
 @dataclass
 class Scan:
     root: Path
+    started_ns: int  # wall clock, for the manifest: see Manifest.checksum
+    known: Sequence[Manifest] = ()
     files: dict[str, SourceFile] = field(default_factory=dict)
     skipped: list[Skip] = field(default_factory=list)
 
 
-def scan_source(root: Path, max_file_mb: float) -> Scan:
+def scan_source(root: Path, max_file_mb: float, known: Sequence[Manifest] = ()) -> Scan:
+    """`known`: manifests of recent builds, whose checksums stand for files whose stat has not moved."""
+    require_directory(root)
+    scan = Scan(root=root, started_ns=time.time_ns(), known=known)
+    _visit(scan, str(root), "", max_file_mb, int(max_file_mb * 1024 * 1024))
+    return scan
+
+
+def require_directory(root: Path) -> None:
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise SourceMissing(f"source directory {root} {what}")
-    scan = Scan(root=root)
-    _visit(scan, str(root), "", max_file_mb, int(max_file_mb * 1024 * 1024))
-    return scan
+
+
+def _checksum(scan: Scan, source: str, path: str, stat: Stat) -> str:
+    for manifest in scan.known:
+        if (known := manifest.checksum(source, stat)) is not None:
+            return known
+    return file_sha256(path)
 
 
 def _visit(scan: Scan, directory: str, prefix: str, max_file_mb: float, max_bytes: int) -> None:
@@ -61,7 +80,11 @@ def _visit(scan: Scan, directory: str, prefix: str, max_file_mb: float, max_byte
         reason = _refusal(entry, max_file_mb, max_bytes)
         if reason is None:
             try:
-                scan.files[source] = SourceFile(Path(entry.path), source, file_sha256(entry.path))
+                found = entry.stat()
+                stat = (found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino)
+                scan.files[source] = SourceFile(
+                    Path(entry.path), source, _checksum(scan, source, entry.path, stat), stat
+                )
                 continue
             except OSError as exc:
                 reason = f"cannot be read ({exc.strerror})"

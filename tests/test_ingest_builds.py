@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import shutil
 import threading
@@ -19,6 +20,7 @@ import docx
 import pytest
 from fpdf import FPDF
 
+import ingest.scan
 from app.knowledge.store import build_state
 from app.settings import Settings
 from ingest.errors import IngestBusy, NoPreviousBuild, NothingToIndex, SourceMissing
@@ -373,3 +375,39 @@ def test_an_edit_costs_the_same_in_a_small_and_a_five_times_larger_index(
         costs.append((first.chunks, edit.embedded, new, ended))
     (small, *small_cost), (large, *large_cost) = costs
     assert large >= 5 * small - 5 and small_cost == large_cost and small_cost[0] > 0
+
+
+def test_unchanged_files_are_not_read_again_but_every_rewrite_is_seen(
+    tmp_path: Path, shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose stat is the one the last build recorded is not read again; a rewrite that keeps
+    the size and puts the old times back is still seen (its change time moves), and so is a file
+    written moments before the scan that recorded it (its stat is not trusted)."""
+    kb = write_kb(tmp_path / "kb")
+    settings = Settings(_env_file=None, knowledge_dir=kb, data_dir=shared_data_dir, index_dir=tmp_path / "index")
+    read: list[str] = []
+    hash_file = ingest.scan.file_sha256
+
+    def counted(path: Path | str) -> str:
+        read.append(Path(path).name)
+        return hash_file(path)
+
+    monkeypatch.setattr("ingest.scan.file_sha256", counted)
+    run_ingest(settings)
+    read.clear()
+    assert run_ingest(settings).noop and sorted(read) == ["contact.html", "hours.txt", "plans.md"]  # just written
+
+    monkeypatch.setattr("app.knowledge.manifest.STILL_NS", 0)  # as if the files had been still long enough
+    (kb / "extra.md").write_text("# Extra\n\nOne more page.\n")
+    run_ingest(settings)  # records stats a scan may trust
+    read.clear()
+    assert run_ingest(settings).noop and read == []
+
+    page = kb / "plans.md"
+    before = page.stat()
+    page.write_text(PLANS.replace("$35 a month", "$36 a month"))  # same size
+    os.utime(page, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p` or a restore would leave it
+    assert page.stat().st_size == before.st_size and page.stat().st_mtime_ns == before.st_mtime_ns
+    edited = run_ingest(settings)
+    assert edited.changed == 1 and read == ["plans.md"]
+    assert any("$36 a month" in t for t in live_texts(settings).values())
