@@ -192,7 +192,8 @@ class _Ingest:
             switched = Pointer(live=build, previous=pointer.live)
             self.state.switch(switched)
             self.stages.start("cleaning up")
-            writer.collect_garbage(client, self.state, switched)
+            models = {build: self.spec.model_id} | ({pointer.live: live.model_id} if pointer.live and live else {})
+            writer.collect_garbage(client, self.state, switched, models)
             self.state.mark_writing(None)
         report.build = build
         report.chunks = manifest.chunks

@@ -97,7 +97,8 @@ def _visit(scan: Scan, directory: str, prefix: str, max_file_mb: float, max_byte
 def _refusal(entry: os.DirEntry[str], max_file_mb: float, max_bytes: int) -> str | None:
     if entry.name.startswith("."):
         return "hidden file"
-    suffix = Path(entry.name).suffix.lower()
+    suffix = os.path.splitext(entry.name)[1].lower()
+    suffix = "" if suffix == "." else suffix  # as Path.suffix: a trailing dot is no extension
     if suffix not in SUPPORTED_SUFFIXES:
         return f"unsupported file type ({suffix or 'no extension'})"
     if not entry.is_file():

@@ -108,15 +108,20 @@ def repair(client: ClientAPI, state: BuildState, pointer: Pointer) -> None:
     collect_garbage(client, state, pointer)
 
 
-def collect_garbage(client: ClientAPI, state: BuildState, pointer: Pointer) -> None:
+def collect_garbage(
+    client: ClientAPI, state: BuildState, pointer: Pointer, models: dict[int, str] | None = None
+) -> None:
     """Delete what neither the live nor the previous build needs: records outside both their runs,
     collections of models neither uses, other manifests, and the index layout from before builds
-    shared one store."""
+    shared one store. `models`: the kept builds' model ids, when the caller knows them (else they are
+    read from the manifests)."""
     kept: dict[int, str] = {}
     for build in pointer.kept:
-        manifest = Manifest.from_json(state.manifest(build))
-        if manifest is not None:
-            kept[build] = chunks_collection(manifest.model_id)
+        model = (models or {}).get(build)
+        if model is None and (manifest := Manifest.from_json(state.manifest(build))) is not None:
+            model = manifest.model_id
+        if model is not None:
+            kept[build] = chunks_collection(model)
     for collection in _chunk_collections(client):
         builds = [build for build, name in kept.items() if name == collection.name]
         if not builds:
