@@ -230,7 +230,7 @@ class _Ingest:
         return plan
 
     def _prepare(self, sources: list[str]) -> list[Prepared]:
-        files = [(self.scan.files[s].path, s) for s in sources]
+        files = [(Path(self.scan.files[s].path), s) for s in sources]
         prepared: list[Prepared] = []
         with self.stages.bar("parsing", len(files), "file") as bar:
             for file in prepare_all(

@@ -28,7 +28,7 @@ class Skip:
 
 @dataclass(frozen=True)
 class SourceFile:
-    path: Path
+    path: str  # a str, not a Path: making thousands of Paths costs more than the walk itself
     source: str  # relative to the source directory, forward slashes: the name in the index
     sha256: str
     stat: Stat
@@ -82,9 +82,7 @@ def _visit(scan: Scan, directory: str, prefix: str, max_file_mb: float, max_byte
             try:
                 found = entry.stat()
                 stat = (found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino)
-                scan.files[source] = SourceFile(
-                    Path(entry.path), source, _checksum(scan, source, entry.path, stat), stat
-                )
+                scan.files[source] = SourceFile(entry.path, source, _checksum(scan, source, entry.path, stat), stat)
                 continue
             except OSError as exc:
                 reason = f"cannot be read ({exc.strerror})"
