@@ -213,14 +213,21 @@ class TurnPipeline:
             record.outcome, record.fallback = "no_index", "index unavailable"
             yield CANNOT_LOOK_UP
             return
-        retrieval = await self.retriever.retrieve(query)
-        record.retrieved(retrieval)
-        if not self.llm.enabled:
-            record.outcome, record.fallback = "documents_only", "no model"
-            yield await self._documents_answer(retrieval, query, clean, record)
-            return
-        async for text in self._model_answer(clean, retrieval, query, record, tools):
-            yield text
+        # Finding the call may ask Redis (shared call state): do it while retrieval runs, not after.
+        binding = asyncio.ensure_future(tools.begin_turn()) if tools is not None and self.llm.enabled else None
+        try:
+            retrieval = await self.retriever.retrieve(query)
+            record.retrieved(retrieval)
+            if not self.llm.enabled:
+                record.outcome, record.fallback = "documents_only", "no model"
+                yield await self._documents_answer(retrieval, query, clean, record)
+                return
+            offered = await binding if binding is not None else ()
+            async for text in self._model_answer(clean, retrieval, query, record, tools, offered):
+                yield text
+        finally:
+            if binding is not None and not binding.cancel() and not binding.cancelled():
+                binding.exception()  # it had finished: a failure of it is not left unretrieved
 
     async def _model_answer(
         self,
@@ -229,10 +236,11 @@ class TurnPipeline:
         query: str,
         record: TurnRecord,
         tools: CallTools | None,
+        offered: tuple[str, ...],
     ) -> AsyncIterator[str]:
         """Model rounds: text streams out as it comes; tool calls are gated, answered, and the
-        model goes again (at most MAX_TOOL_ROUNDS times, the last round without tools)."""
-        offered = await tools.begin_turn() if tools is not None else ()
+        model goes again (at most MAX_TOOL_ROUNDS times, the last round without tools). `offered`:
+        the tools this turn may use (`CallTools.begin_turn`)."""
         specs = tools.box.specs(offered) if tools is not None and offered else None
         messages = self.prompt.messages(clean, retrieval, offered)
         spoke = acted = False

@@ -39,6 +39,7 @@ SAMPLES = 200
 PASSWORD = "bench-admin-password"
 START = datetime(2026, 11, 1, tzinfo=UTC)
 OUTCOME_EVERY = {"transferred": 7, "message": 23, "fallback": 97, "busy": 211}
+PAIRS = 3  # server processes differ by about a millisecond at p50 on their own: average over several
 
 
 def _percentiles(values: list[float]) -> str:
@@ -50,7 +51,7 @@ def test_recording_on_vs_off(tmp_path: Path) -> None:
     index_dir = big_index()
     data = Path("data").resolve()
     results = {}
-    for run, recording in enumerate(("false", "true", "false", "true")):  # interleaved: drift hits both alike
+    for run, recording in enumerate(("false", "true") * PAIRS):  # interleaved: drift hits both alike
         work = tmp_path / f"run{run}"
         work.mkdir()
         env = {
