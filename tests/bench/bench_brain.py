@@ -98,6 +98,30 @@ async def run_load(url: str, conversations: int) -> list[float]:
     return overheads
 
 
+PAIRS = 3  # server processes differ by about a millisecond at p50 on their own: average over several
+
+
+def compare_overhead(tmp: Path, name: str, variants: dict[str, dict[str, str]]) -> None:
+    """Brain overhead at 20 conversations under two settings (two names → extra env), their servers
+    started in turn PAIRS times over (interleaved: drift hits both alike); prints both and the
+    difference at p50 (bar: at most 1 ms)."""
+    index_dir = big_index()
+    results: dict[str, list[float]] = {label: [] for label in variants}
+    for run in range(PAIRS):
+        for label, extra in variants.items():
+            work = tmp / f"{label}-{run}".replace(" ", "-")
+            work.mkdir()
+            env = {"INDEX_DIR": str(index_dir), "DATA_DIR": str(Path("data").resolve()), **extra}
+            with brain_server(work, env) as url:
+                uvloop.run(run_load(url, 2))  # warm-up
+                results[label].extend(uvloop.run(run_load(url, 20)))
+    (first, before), (second, after) = results.items()
+    print(f"\nbrain overhead, 20 conversations, {name} {first}: {_percentiles(before)}")
+    print(f"brain overhead, 20 conversations, {name} {second}: {_percentiles(after)}")
+    difference = (statistics.median(after) - statistics.median(before)) * 1000
+    print(f"difference at p50: {difference:+.2f} ms (bar: at most 1 ms)")
+
+
 def big_index(**store: Any) -> Path:
     """An index of >= 5k passages, built once and reused (ingest is a no-op when nothing changed);
     `store` may name a Chroma server (chroma_host, chroma_port) to build it there instead."""

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import uvloop
 
 from app.records.database import create_engine, upgrade
 from app.settings import Settings
-from tests.bench.bench_brain import big_index, brain_server, run_load
+from tests.bench.bench_brain import compare_overhead
 from tests.bench.server_process import app_process
 
 CALLS = 100_000
@@ -39,7 +38,6 @@ SAMPLES = 200
 PASSWORD = "bench-admin-password"
 START = datetime(2026, 11, 1, tzinfo=UTC)
 OUTCOME_EVERY = {"transferred": 7, "message": 23, "fallback": 97, "busy": 211}
-PAIRS = 3  # server processes differ by about a millisecond at p50 on their own: average over several
 
 
 def _percentiles(values: list[float]) -> str:
@@ -48,25 +46,10 @@ def _percentiles(values: list[float]) -> str:
 
 
 def test_recording_on_vs_off(tmp_path: Path) -> None:
-    index_dir = big_index()
-    data = Path("data").resolve()
-    results = {}
-    for run, recording in enumerate(("false", "true") * PAIRS):  # interleaved: drift hits both alike
-        work = tmp_path / f"run{run}"
-        work.mkdir()
-        env = {
-            "INDEX_DIR": str(index_dir),
-            "DATA_DIR": str(data),
-            "RECORD_CALLS": recording,
-            "DATABASE_URL": f"sqlite:///{work / 'records.sqlite3'}",
-        }
-        with brain_server(work, env) as url:
-            uvloop.run(run_load(url, 2))
-            results.setdefault(recording, []).extend(uvloop.run(run_load(url, 20)))
-    off, on = results["false"], results["true"]
-    print(f"\nbrain overhead, 20 conversations, recording off: {_percentiles(off)}")
-    print(f"brain overhead, 20 conversations, recording on:  {_percentiles(on)}")
-    print(f"difference at p50: {(statistics.median(on) - statistics.median(off)) * 1000:+.2f} ms (bar: at most 1 ms)")
+    records = {"DATABASE_URL": f"sqlite:///{tmp_path / 'records.sqlite3'}"}
+    compare_overhead(
+        tmp_path, "recording", {"off": {**records, "RECORD_CALLS": "false"}, "on": {**records, "RECORD_CALLS": "true"}}
+    )
 
 
 # --- the review page at 100,000 calls ---------------------------------------------------------

@@ -1,8 +1,8 @@
 """Several replicas for `make bench`.
 
 1. The bridge at 100 calls (50 frames/s each way, each call on its own phase), one process against
-   WORKERS=2 with Redis, in the same run (bar: two workers keep p50 ≤ 2 ms and p99 ≤ 10 ms; one
-   process saturates). Server CPU is the supervisor's and its workers' together.
+   WORKERS=2 with Redis, in the same run (bar: two workers keep p50 ≤ 2 ms and p99 ≤ 10 ms). Server
+   CPU is the supervisor's and its workers' together; the load generator shares the machine's cores.
 2. Brain overhead at 20 conversations with Redis and without, in the same run (bar: p50s ≤ 1 ms
    apart). The load is `bench_brain`'s.
 """
@@ -10,19 +10,16 @@
 from __future__ import annotations
 
 import os
-import statistics
 from pathlib import Path
 
 import uvloop
 
 from app.testing.fake_elevenlabs import FakeElevenLabs
-from tests.bench.bench_brain import big_index, brain_server
-from tests.bench.bench_brain import run_load as brain_load
+from tests.bench.bench_brain import compare_overhead
 from tests.bench.bench_bridge import API_KEY, ENGINE_ID, SECONDS, bridge_server, run_load
 from tests.servers import redis_server
 
 CALLS = int(os.environ.get("BENCH_REPLICAS_CALLS", "100"))
-PAIRS = 3  # server processes differ by about a millisecond at p50 on their own: average over several
 
 
 def _line(name: str, r: dict[str, float]) -> str:
@@ -52,26 +49,6 @@ def test_bridge_one_process_against_two_workers(tmp_path: Path) -> None:
         uvloop.run(_bridge(tmp_path, redis.url))
 
 
-def _percentiles(values: list[float]) -> str:
-    q = statistics.quantiles(values, n=100, method="inclusive")
-    return f"p50 {q[49] * 1000:6.1f} ms  p95 {q[94] * 1000:6.1f} ms  p99 {q[98] * 1000:6.1f} ms (n={len(values)})"
-
-
 def test_brain_overhead_with_and_without_redis(tmp_path: Path) -> None:
-    index_dir = big_index()
-    data = Path("data").resolve()
-    results: dict[str, list[float]] = {}
     with redis_server() as redis:
-        for run, shared in enumerate(("no", "yes") * PAIRS):  # interleaved: drift hits both alike
-            work = tmp_path / f"run{run}"
-            work.mkdir()
-            env = {"INDEX_DIR": str(index_dir), "DATA_DIR": str(data)}
-            if shared == "yes":
-                env["REDIS_URL"] = redis.url
-            with brain_server(work, env) as url:
-                uvloop.run(brain_load(url, 2))
-                results.setdefault(shared, []).extend(uvloop.run(brain_load(url, 20)))
-    print(f"\nbrain overhead, 20 conversations, in-process call state: {_percentiles(results['no'])}")
-    print(f"brain overhead, 20 conversations, call state in Redis:   {_percentiles(results['yes'])}")
-    difference = (statistics.median(results["yes"]) - statistics.median(results["no"])) * 1000
-    print(f"difference at p50: {difference:+.2f} ms (bar: at most 1 ms)")
+        compare_overhead(tmp_path, "call state", {"in-process": {}, "in Redis": {"REDIS_URL": redis.url}})
