@@ -34,6 +34,13 @@ def mask_digits(text: str) -> str:
     return _DIGITS.sub(_mask, text)
 
 
+def one_line(exc: BaseException) -> str:
+    """An error in one line for a log: the first line of its message (for a database error, its
+    driver's, without the SQL and parameters SQLAlchemy appends), else its type."""
+    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "conversation_id", None) is None:

@@ -158,7 +158,7 @@ async def review(serve: Any, make_settings: Any, tmp_path: Path, **overrides: An
 def hostile_turn(call_sid: str) -> TurnDone:
     from datetime import UTC, datetime
 
-    from app.records.events import Source
+    from app.knowledge.retrieval import Passage
 
     return TurnDone(
         call_sid=call_sid,
@@ -173,7 +173,7 @@ def hostile_turn(call_sid: str) -> TurnDone:
         fallback=None,
         tools=[],
         timings_ms={"first_chunk": 120.0, "total": 400.0},
-        sources=(Source("c1-x", "evil/<svg onload=alert(2)>.md", ("<h1>",), "<script>alert(3)</script>", 0.5, 0.5),),
+        sources=(Passage("c1-x", "evil/<svg onload=alert(2)>.md", ("<h1>",), "<script>alert(3)</script>", 0.5, 0.5),),
         unanswered='<img src=x onerror=alert("gap")>',
     )
 

@@ -118,17 +118,17 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 def test_the_readme_check_accepts_our_signature_and_refuses_another_secret_a_changed_body_or_an_old_one() -> None:
-    from app.notify.signature import sign, verify
+    from app.notify.signature import sign
 
     body = b'{"id":"evt_1","type":"ping","created_at":"2026-11-20T09:30:00+00:00","data":{}}'
     now = int(datetime.now(UTC).timestamp())
     header = sign(SECRET, body, now)
     check = readme_verifier()
-    assert check(body, header, SECRET) and verify(SECRET, header, body)
-    assert not check(body, header, "another-secret") and not verify("another-secret", header, body)
+    assert check(body, header, SECRET)
+    assert not check(body, header, "another-secret")
     assert not check(body.replace(b"ping", b"pong"), header, SECRET)
     old = sign(SECRET, body, now - 600)
-    assert not check(body, old, SECRET) and not verify(SECRET, old, body)
+    assert not check(body, old, SECRET)
     assert not check(body, "v1=" + header.split("v1=")[1], SECRET)  # no timestamp
 
 

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select, text
 
+from app.knowledge.retrieval import Passage
 from app.observability import Metrics
 from app.records.database import create_engine, upgrade
-from app.records.events import CallAnswered, CallEnded, CallReceived, CallRefused, CallTransferred, Source, TurnDone
+from app.records.events import CallAnswered, CallEnded, CallReceived, CallRefused, CallTransferred, TurnDone
 from app.records.queries import Cursor, get_call, list_calls, list_gaps, mark_gap_handled
 from app.records.retention import purge
 from app.records.schema import calls, gaps, messages, passages, turns
@@ -75,7 +76,7 @@ async def written(store: RecordsStore, *events: Any) -> None:
 
 async def test_a_call_is_recorded_whatever_order_its_records_arrive_in(store: RecordsStore) -> None:
     call = sid(1)
-    source = Source("c1-abc", "billing/autopay.md", ("Billing", "Autopay"), "Autopay takes $5 off.", 0.71, 0.66)
+    source = Passage("c1-abc", "billing/autopay.md", ("Billing", "Autopay"), "Autopay takes $5 off.", 0.71, 0.66)
     # The brain's turn is written before the bridge's replica records the call (another replica).
     await written(
         store,
@@ -164,7 +165,7 @@ async def test_secrets_a_caller_reads_out_are_redacted_before_they_are_stored(
 async def test_retention_deletes_exactly_what_is_older_than_the_window(store: RecordsStore) -> None:
     now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
     old, recent = now - timedelta(days=30, seconds=1), now - timedelta(days=29, hours=23)
-    source = Source("c1-old", "a.md", ("A",), "old passage", 0.5, 0.5)
+    source = Passage("c1-old", "a.md", ("A",), "old passage", 0.5, 0.5)
     await written(
         store,
         CallReceived(sid(1), None, old),

@@ -9,8 +9,13 @@ DAY_CHART_HEIGHT = 120
 DAY_BAR_WIDTH = 28
 DAY_BAR_GAP = 6
 LATENCY_WIDTH = 320
-# The parts of a turn's time to first chunk, in order, and what each is called on the page.
-LATENCY_PARTS = (("retrieval", "retrieval"), ("model", "model first token"), ("rest", "to first chunk"))
+# What each part of a turn's time is called on the page.
+LATENCY_PARTS = {
+    "retrieval": "retrieval",
+    "model": "model first token",
+    "rest": "to first chunk",
+    "answer": "rest of answer",
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,6 @@ def latency_bar(timings_ms: dict[str, float | None], scale_ms: float) -> list[Ba
     for kind, ms in parts:
         width = LATENCY_WIDTH * ms / scale_ms
         if width > 0:
-            bars.append(Bar(x, 0, width, 12, kind, f"{ms:.0f} ms", kind))
+            bars.append(Bar(x, 0, width, 12, LATENCY_PARTS[kind], f"{ms:.0f} ms", kind))
             x += width
     return bars

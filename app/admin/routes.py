@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.admin.charts import latency_bar, per_day_bars
 from app.admin.guard import CSRF_FIELD, SECURITY_HEADERS, csrf_token, csrf_valid, refusal, same_origin
+from app.observability import one_line
 from app.records.outbox import dead_events, send_again, waiting
 from app.records.queries import (
     GAPS_PAGE,
@@ -55,7 +56,7 @@ async def _headers(response: Response) -> Response:
 
 @admin.errorhandler(SQLAlchemyError)
 async def _store_error(exc: SQLAlchemyError) -> Response:
-    log.warning("review page: records store error: %s", str(getattr(exc, "orig", exc)).splitlines()[0][:200])
+    log.warning("review page: records store error: %s", one_line(exc))
     return await _unavailable()
 
 

@@ -30,7 +30,7 @@ from app.brain.spoken_fallback import CANNOT_LOOK_UP, NO_ANSWER, extractive_answ
 from app.brain.tools import GAP_TOOL, CallTools
 from app.knowledge.retrieval import Passage, Retrieval, Retriever
 from app.observability import Metrics
-from app.records.events import Source, TurnDone
+from app.records.events import TurnDone
 from app.settings import Settings
 
 log = logging.getLogger("switchboard.turn")
@@ -95,7 +95,7 @@ class TurnRecord:
             fallback=self.fallback,
             tools=self.tools,
             timings_ms={k.removesuffix("_s"): round(v * 1000, 1) for k, v in self.timing.items()},
-            sources=tuple(Source(p.id, p.source, p.headings, p.text, p.score, p.similarity) for p in self.passages),
+            sources=self.passages,
             unanswered=self.unanswered,
         )
 

@@ -47,6 +47,7 @@ from app.calls.registry import (
     Line,
     LiveCall,
 )
+from app.observability import one_line
 from app.telephony.call_token import TTL_S
 
 log = logging.getLogger("switchboard.shared")
@@ -117,10 +118,6 @@ return redis.call('ZCARD', KEYS[1]) - (redis.call('ZSCORE', KEYS[1], ARGV[1]) an
 )
 
 
-def _why(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-
-
 class SharedState:
     """This replica's link to Redis: who it is, whether Redis answers, and who else takes calls."""
 
@@ -151,8 +148,8 @@ class SharedState:
             )
         except (RedisError, OSError) as exc:
             if self.available or self.error is None:
-                log.error("Redis unreachable: %s (new calls are turned away until it answers)", _why(exc))
-            self.available, self.error = False, f"Redis unreachable: {_why(exc)}"
+                log.error("Redis unreachable: %s (new calls are turned away until it answers)", one_line(exc))
+            self.available, self.error = False, f"Redis unreachable: {one_line(exc)}"
             return
         if not self.available:
             log.info("Redis reachable: shared call state available")
@@ -259,7 +256,7 @@ class SharedLimits:
                     await self._use(keys=[self.key], args=[tool, self.limits.get(tool, 0), self.ttl_s, *conflicts])
                 )
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("tool %s not claimed: %s", tool, _why(exc))
+            log.warning("tool %s not claimed: %s", tool, one_line(exc))
             return "unavailable"
         if done == 1:
             self.seen[tool] = self.seen.get(tool, 0) + 1
@@ -357,7 +354,7 @@ class SharedCallRegistry(InProcessCallRegistry):
             try:
                 remote = await self._remote(call_sid, conversation_id)
             except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("call not found: Redis unreachable (%s)", _why(exc))
+                log.warning("call not found: Redis unreachable (%s)", one_line(exc))
                 return None
             if remote is not None:
                 return remote
@@ -419,7 +416,7 @@ class SharedCallRegistry(InProcessCallRegistry):
                     if calls:
                         await self._announce(calls)
             except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("call leases not renewed: %s", _why(exc))
+                log.warning("call leases not renewed: %s", one_line(exc))
 
     # --- actions for calls held elsewhere -------------------------------------------------------
 
@@ -443,7 +440,7 @@ class SharedCallRegistry(InProcessCallRegistry):
                     f"{PREFIX}inbox:{call.holder}", fields, maxlen=INBOX_MAXLEN, approximate=True
                 )
         except (RedisError, OSError, TimeoutError) as exc:
-            log.error("%s not handed to the replica holding the call: %s", action.kind, _why(exc))
+            log.error("%s not handed to the replica holding the call: %s", action.kind, one_line(exc))
 
     async def _read_inbox(self) -> None:
         inbox = f"{PREFIX}inbox:{self.state.replica}"
@@ -452,7 +449,7 @@ class SharedCallRegistry(InProcessCallRegistry):
             try:
                 read = await self.state.blocking.xread({inbox: last}, block=INBOX_BLOCK_MS, count=100)
             except (RedisError, OSError) as exc:
-                log.debug("inbox not read: %s", _why(exc))
+                log.debug("inbox not read: %s", one_line(exc))
                 await asyncio.sleep(INBOX_BLOCK_MS / 1000)
                 continue
             for _stream, entries in read or []:

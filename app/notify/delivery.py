@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.notify import events
 from app.notify.senders import Senders
-from app.observability import Metrics
+from app.observability import Metrics, one_line
 from app.records.outbox import CALL_ENDED, Destination, Leased, Outbox, fill_data, lease_next, settle
 from app.settings import Settings
 
@@ -113,7 +113,7 @@ class Delivery:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is away: try again later, never give up
-                log.warning("delivery to %s stalled, retrying in %.0f s: %s", destination.shown, delay, _why(exc))
+                log.warning("delivery to %s stalled, retrying in %.0f s: %s", destination.shown, delay, one_line(exc))
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.timings.poll * 30)
                 continue
@@ -149,8 +149,3 @@ class Delivery:
         else:
             log.info("%s %s to %s failed (%s); next try in %.0f s", row.type, row.event_id, destination.shown,
                      sent.error, retry_in.total_seconds())  # fmt: skip
-
-
-def _why(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
-    return text.splitlines()[0][:200]

@@ -71,16 +71,10 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         await connection.run_sync(_upgrade, revision)
 
 
-async def open_records(settings: Settings) -> AsyncEngine:
-    """The engine, with the schema at head and any old messages.sqlite3 carried over."""
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine)
-        await carry_over_messages(engine, settings.data_dir / LEGACY_MESSAGES)
-    except BaseException:
-        await engine.dispose()
-        raise
-    return engine
+async def bring_up_to_date(engine: AsyncEngine, data_dir: Path) -> None:
+    """The schema at head, and the messages of an old DATA_DIR/messages.sqlite3 carried over."""
+    await upgrade(engine)
+    await carry_over_messages(engine, data_dir / LEGACY_MESSAGES)
 
 
 async def carry_over_messages(engine: AsyncEngine, legacy: Path) -> int:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.knowledge.retrieval import Passage
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,18 +54,6 @@ class CallEnded:
     duration_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
-    """A passage the turn's answer was given to read."""
-
-    passage_id: str
-    source: str
-    headings: tuple[str, ...]
-    text: str
-    score: float
-    similarity: float
-
-
 @dataclass(slots=True)
 class TurnDone:
     """One brain turn. Texts are as the caller said them after sanitising; the writer redacts them."""
@@ -79,7 +70,7 @@ class TurnDone:
     fallback: str | None
     tools: list[dict[str, str]]
     timings_ms: dict[str, float]
-    sources: tuple[Source, ...] = ()
+    sources: tuple[Passage, ...] = ()  # the passages the answer was given to read
     unanswered: str | None = None  # the question the documents could not answer
     # Filled by the writer and kept across retries, so a failed write does not embed twice.
     gap_vector: Any = field(default=None)

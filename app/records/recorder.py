@@ -17,7 +17,7 @@ from collections import deque
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.observability import Metrics
+from app.observability import Metrics, one_line
 from app.records.events import RecordEvent, TurnDone
 from app.records.gaps import GapGrouper
 from app.records.outbox import Outbox
@@ -56,7 +56,6 @@ class Recorder:
         self._drained.set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.written = 0
 
     def add(self, event: RecordEvent) -> None:
         if len(self._pending) >= self.capacity:
@@ -117,7 +116,7 @@ class Recorder:
                 self.metrics.records_write_errors.inc()
                 if self.gaps is not None:
                     self.gaps.forget()
-                log.warning("records not written, retrying in %.1f s: %s", delay, _why(exc))
+                log.warning("records not written, retrying in %.1f s: %s", delay, one_line(exc))
                 if self._stopping:
                     return
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
@@ -126,7 +125,6 @@ class Recorder:
             delay = RETRY_FIRST_S
             for _ in batch:
                 self._pending.popleft()
-            self.written += len(batch)
             self.metrics.records_written.inc(len(batch))
             if not self._pending:
                 self._drained.set()
@@ -140,9 +138,3 @@ class Recorder:
             for event in batch:
                 await write(conn, event, self.gaps, self.outbox)
         self.outbox.committed()
-
-
-def _why(exc: BaseException) -> str:
-    """One line about a database error, without the SQL and parameters SQLAlchemy appends."""
-    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
-    return text.splitlines()[0][:200]

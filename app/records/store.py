@@ -16,8 +16,8 @@ import random
 from datetime import UTC, datetime
 
 from app.calls.control import CallControl, EndReason
-from app.observability import Metrics
-from app.records.database import LEGACY_MESSAGES, carry_over_messages, create_engine, upgrade
+from app.observability import Metrics, one_line
+from app.records.database import bring_up_to_date, create_engine
 from app.records.events import CallAnswered, CallEnded, RecordEvent
 from app.records.gaps import Encode, GapGrouper
 from app.records.messages import MessageStore
@@ -87,10 +87,9 @@ class RecordsStore:
         delay = 1.0
         while True:
             try:
-                await upgrade(self.engine)
-                await carry_over_messages(self.engine, self.settings.data_dir / LEGACY_MESSAGES)
+                await bring_up_to_date(self.engine, self.settings.data_dir)
             except Exception as exc:
-                log.warning("records store unreachable, retrying in %.0f s: %s", delay, str(exc).splitlines()[0][:200])
+                log.warning("records store unreachable, retrying in %.0f s: %s", delay, one_line(exc))
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, OPEN_RETRY_MAX_S)
                 continue
@@ -106,7 +105,7 @@ class RecordsStore:
                 if any(gone.values()):
                     log.info("records older than %d days deleted: %s", days, gone)
             except Exception as exc:
-                log.warning("records retention failed (next try in a day): %s", str(exc).splitlines()[0][:200])
+                log.warning("records retention failed (next try in a day): %s", one_line(exc))
             await asyncio.sleep(EVERY_S)
 
     # --- CallObserver -----------------------------------------------------------------------
@@ -128,7 +127,6 @@ class RecordsStore:
 async def open_for_reading(settings: Settings) -> RecordsStore:
     """A store for a command-line reader: the schema brought up to date, nothing recorded."""
     store = RecordsStore(settings.model_copy(update={"record_calls": False}), Metrics())
-    await upgrade(store.engine)
-    await carry_over_messages(store.engine, settings.data_dir / LEGACY_MESSAGES)
+    await bring_up_to_date(store.engine, settings.data_dir)
     store.ready.set()
     return store

@@ -135,8 +135,8 @@ async def _turn(conn: AsyncConnection, turn: TurnDone, gaps: GapGrouper | None, 
         await conn.execute(
             _insert(conn, passages).on_conflict_do_nothing(index_elements=[passages.c.id]),
             [
-                {"id": s.passage_id, "source": s.source, "headings": list(s.headings), "text": s.text}
-                for s in {s.passage_id: s for s in turn.sources}.values()
+                {"id": s.id, "source": s.source, "headings": list(s.headings), "text": s.text}
+                for s in {s.id: s for s in turn.sources}.values()
             ],
         )
         await conn.execute(
@@ -145,7 +145,7 @@ async def _turn(conn: AsyncConnection, turn: TurnDone, gaps: GapGrouper | None, 
                 {
                     "turn_id": turn_id,
                     "rank": rank,
-                    "passage_id": s.passage_id,
+                    "passage_id": s.id,
                     "score": s.score,
                     "similarity": s.similarity,
                 }
