@@ -87,10 +87,9 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     if generated:
         log.info("wrote %s into .env", " and ".join(generated))
-    if getattr(args, "fd", None) is None:
-        build_index_if_missing(settings)
     worker_fd = getattr(args, "fd", None)
     if worker_fd is None:
+        build_index_if_missing(settings)
         log.info("serving on port %s", settings.port)
         if settings.admin_password is not None:
             log.info("review page: http://localhost:%s/admin (user admin, password in .env)", settings.port)

@@ -39,7 +39,7 @@ class Services:
         self.telephony = Telephony(settings, self.metrics)
         self.shared: SharedState | None = None
         self.registry: InProcessCallRegistry = InProcessCallRegistry()
-        if settings.redis_url is not None:
+        if settings.shared_state:
             self._share(settings.secret("redis_url") or "")
         self.call_actions = CallActions(settings, self.metrics)
         self.toolbox: Toolbox | None = None

@@ -34,7 +34,7 @@ _DATABASE_SCHEMES = {
     "sqlite+aiosqlite": "sqlite+aiosqlite",
 }
 DEFAULT_GREETING = "Thanks for calling {COMPANY_NAME}. How can I help?"
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _DEPARTMENT = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _EMAIL = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+$")
 _MAX_URL = 1000
@@ -206,7 +206,7 @@ class Settings(BaseSettings):
     @field_validator("fallback_number", "twilio_phone_number")
     @classmethod
     def _e164(cls, value: str | None) -> str | None:
-        if value is not None and not _E164.match(value):
+        if value is not None and not E164.match(value):
             raise ValueError(f"{value!r} is not an E.164 number (write it like +15551230001)")
         return value
 
@@ -229,7 +229,7 @@ class Settings(BaseSettings):
         for name, number in value.items():
             if not _DEPARTMENT.match(name):
                 raise ValueError(f"department name {name!r}: use lower-case letters, digits, - or _")
-            if not _E164.match(number):
+            if not E164.match(number):
                 raise ValueError(f"number for {name!r} ({number!r}) is not E.164, write it like +15551230001")
         return value
 
@@ -237,7 +237,7 @@ class Settings(BaseSettings):
     def _paths_and_pairs(self) -> Settings:
         if self.agent_instructions_file is not None and not self.agent_instructions_file.is_file():
             raise ValueError(f"AGENT_INSTRUCTIONS_FILE {self.agent_instructions_file} does not exist")
-        if self.workers > 1 and self.redis_url is None:
+        if self.workers > 1 and not self.shared_state:
             raise ValueError(
                 f"WORKERS={self.workers} needs REDIS_URL: server processes share their calls' state through Redis"
             )

@@ -187,6 +187,28 @@ def postgres() -> Any:
         yield server
 
 
+@pytest.fixture(scope="module")
+def redis() -> Any:
+    """A throwaway redis-server for a module's tests (a test may stop it; `fresh_redis` restarts it)."""
+    from tests.servers import redis_server
+
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def fresh_redis(redis: Any) -> Any:
+    """The module's redis-server, running and empty."""
+    from redis.asyncio import Redis
+
+    if not redis.answering():
+        redis.start()
+    client = Redis.from_url(redis.url)
+    await client.flushall()
+    await client.aclose()
+    return redis
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def records_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty records store on each backend."""

@@ -61,6 +61,14 @@ class CallUpdates(list):
                 await self.changed.wait()
 
 
+async def speak(conv: FakeConversation, seconds: float = 0.3, event_id: int = 1) -> list[str]:
+    """What ElevenLabs' TTS does with the agent's text: audio down the conversation socket."""
+    payloads = [base64.b64encode(frame).decode() for frame in ulaw_frames(seconds, frequency=330)]
+    for payload in payloads:
+        await conv.audio(payload, event_id)
+    return payloads
+
+
 @dataclass
 class Phone:
     server: LiveServer
@@ -74,11 +82,7 @@ class Phone:
         return self.server.app.extensions["switchboard"]
 
     async def speak(self, seconds: float = 0.3, event_id: int = 1) -> list[str]:
-        """What ElevenLabs' TTS does with the agent's text: audio down the conversation socket."""
-        payloads = [base64.b64encode(frame).decode() for frame in ulaw_frames(seconds, frequency=330)]
-        for payload in payloads:
-            await self.conv.audio(payload, event_id)
-        return payloads
+        return await speak(self.conv, seconds, event_id)
 
     def counted(self, name: str, **labels: str) -> float:
         return self.svc.metrics.registry.get_sample_value(name, labels) or 0.0
@@ -110,8 +114,10 @@ async def phone_call(
 
 
 async def messages_of(settings: dict[str, Any], call_sid: str) -> list[Any]:
-    """The messages saved on this call, read from the records store as `python -m app messages` does."""
-    store = await open_for_reading(Settings(_env_file=None, data_dir=settings["data_dir"]))
+    """The messages saved on this call, read from the records store as `python -m app messages` does:
+    the server's DATABASE_URL when it has one, else the SQLite file in its DATA_DIR."""
+    database = {"database_url": settings["database_url"]} if settings.get("database_url") else {}
+    store = await open_for_reading(Settings(_env_file=None, data_dir=settings["data_dir"], **database))
     try:
         return [m for m in await store.messages.since() if m.call_sid == call_sid]
     finally:

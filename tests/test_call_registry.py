@@ -155,14 +155,17 @@ async def test_action_runs_only_after_the_line_is_spoken_and_heard() -> None:
 
 async def test_a_line_started_elsewhere_is_placed_by_its_wall_clock_time() -> None:
     """The brain on another replica only knows when its turn began; the stream's history says where
-    the call's audio stood then, so audio already playing before the turn is not taken for its line."""
+    the call's audio stood then. Audio already playing before the turn is not taken for its line, and
+    the line's own audio counts even when it began before the action reached the stream."""
     calls = registry()
     calls.executor = actions = Actions()
     stream = Stream()
     await calls.call_started(stream.control)
     live = calls.lookup(call_sid=SID)
     assert live is not None
+    # The action arrives before its line's audio has started.
     earlier = stream.play()  # the previous answer, still playing when the turn began
+    await asyncio.sleep(0.01)
     line = Line(None, at=time.time())
     line.spoken.set()
     await asyncio.sleep(0.01)
@@ -174,6 +177,25 @@ async def test_a_line_started_elsewhere_is_placed_by_its_wall_clock_time() -> No
     async with asyncio.timeout(5):
         await actions.acted.wait()
     assert actions.done == [(SID, "end")]
+    # The usual case across replicas: the line's audio began while its text was still going out, so
+    # it is already playing when the action arrives.
+    actions.acted.clear()
+    earlier = stream.play()
+    await asyncio.sleep(0.01)
+    line = Line(None, at=time.time())
+    await asyncio.sleep(0.01)
+    mark = stream.play()  # this line's audio
+    stream.control.mark_echoed(earlier)
+    line.spoken.set()
+    live.after_line(CallAction("transfer", "sales"), line)
+    await asyncio.sleep(0.1)
+    assert actions.done == [(SID, "end")]  # the earlier audio was heard, but this line is still playing
+    stream.control.mark_echoed(mark)
+    # Well within line_start_timeout: counting from the audio the stream had when the action arrived
+    # would wait that long for audio of a line that had already begun.
+    async with asyncio.timeout(FAST.line_start_timeout / 2):
+        await actions.acted.wait()
+    assert actions.done == [(SID, "end"), (SID, "transfer")]
     await calls.close()
 
 

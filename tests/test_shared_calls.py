@@ -4,7 +4,7 @@ identity and connection, exactly as two server processes would have."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,27 +13,13 @@ import pytest
 from app.calls.control import EndReason
 from app.calls.registry import END_TOOL, TRANSFER_TOOL, CallAction
 from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState
-from tests.servers import RedisServer, redis_server
+from tests.servers import RedisServer
 from tests.test_call_registry import FAST, OTHER_SID, SID, Actions, Stream
 
 LEASE_S = 3.0
 
 
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-async def empty(redis: RedisServer) -> None:
-    if not redis.answering():
-        redis.start()
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(redis.url)
-    await client.flushall()
-    await client.aclose()
+pytestmark = pytest.mark.usefixtures("fresh_redis")  # each test starts with Redis up and empty
 
 
 @asynccontextmanager
@@ -91,6 +77,9 @@ async def test_a_tool_is_claimed_once_however_many_replicas_ask_at_once(redis) -
 
 
 async def test_the_brain_on_one_replica_acts_on_a_call_held_by_another_once_the_line_is_heard(redis) -> None:
+    """Only the turn's start time travels to the holder; by the time the action arrives there, the
+    line's audio has usually begun (speech follows the text while it is still streaming), and the
+    holder must place the line by that time, not take the audio it has on arrival as the baseline."""
     async with replica(redis) as (_, _, brain), replica(redis) as (_, _, holder):
         holder.executor = actions = Actions()
         stream = Stream()
@@ -102,17 +91,17 @@ async def test_the_brain_on_one_replica_acts_on_a_call_held_by_another_once_the_
         await asyncio.sleep(0.01)
         assert await call.claim(TRANSFER_TOOL, (END_TOOL,)) == "accepted"
         call.after_line(CallAction("transfer", "sales"), line)
+        mark = stream.play()  # this line's audio begins while its text is still going out
+        stream.control.mark_echoed(earlier)
         await asyncio.sleep(0.2)
         assert actions.done == []  # the turn's text is still going out
-        line.spoken.set()
-        stream.control.mark_echoed(earlier)
+        line.spoken.set()  # only now does the action go to the holder, after the line's audio began
         await asyncio.sleep(0.3)
-        assert actions.done == []  # what played was the earlier answer, not this line
-        mark = stream.play()
-        await asyncio.sleep(0.2)
-        assert actions.done == []  # this line is playing, not yet heard
+        assert actions.done == []  # the earlier answer was heard; this line is playing, not yet heard
         stream.control.mark_echoed(mark)
-        async with asyncio.timeout(5):
+        # Well within line_start_timeout: a holder counting from the audio it had when the action
+        # arrived would wait that long for audio of a line that had already played.
+        async with asyncio.timeout(FAST.line_start_timeout / 2):
             await actions.acted.wait()
         assert actions.done == [(SID, "transfer")]
 

@@ -237,17 +237,22 @@ class SharedLimits:
 
     def __init__(self, state: SharedState, call_sid: str, limits: Mapping[str, int], ttl_s: int) -> None:
         self.state = state
-        self.key = f"{PREFIX}used:{call_sid}"
+        self.key = self.key_for(call_sid)
         self.limits = limits
         self.ttl_s = ttl_s
         self.seen: dict[str, int] = {}
         self._use = state.redis.register_script(_USE)
 
+    @staticmethod
+    def key_for(call_sid: str) -> str:
+        return f"{PREFIX}used:{call_sid}"
+
     def used(self, tool: str) -> int:
         return self.seen.get(tool, 0)
 
-    async def load(self) -> None:
-        self.seen = {tool: int(n) for tool, n in (await self.state.redis.hgetall(self.key)).items()}
+    def saw(self, used: Mapping[str, str]) -> None:
+        """What the call's hash in Redis held when the call was found."""
+        self.seen = {tool: int(n) for tool, n in used.items()}
 
     async def claim(self, tool: str, conflicts: Sequence[str]) -> Claim:
         try:
@@ -346,6 +351,10 @@ class SharedCallRegistry(InProcessCallRegistry):
     async def find(
         self, *, call_sid: str | None = None, conversation_id: str | None = None, timeout: float = 0.0
     ) -> LiveCall | None:
+        """Here first, then in Redis; while waiting, a call announced here is noticed at once (the
+        in-process waiters) and Redis is asked again every FIND_POLL_S."""
+        if not call_sid and not conversation_id:
+            return None
         deadline = time.monotonic() + timeout
         while True:
             local = self.lookup(call_sid=call_sid, conversation_id=conversation_id)
@@ -358,9 +367,14 @@ class SharedCallRegistry(InProcessCallRegistry):
                 return None
             if remote is not None:
                 return remote
-            if time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return None
-            await asyncio.sleep(FIND_POLL_S)
+            local = await super().find(
+                call_sid=call_sid, conversation_id=conversation_id, timeout=min(FIND_POLL_S, remaining)
+            )
+            if local is not None:
+                return local
 
     async def _remote(self, call_sid: str | None, conversation_id: str | None) -> LiveCall | None:
         redis = self.state.redis
@@ -368,11 +382,14 @@ class SharedCallRegistry(InProcessCallRegistry):
             sid = call_sid or (await redis.get(f"{PREFIX}conv:{conversation_id}") if conversation_id else None)
             if not sid:
                 return None
-            fields = await redis.hgetall(f"{PREFIX}call:{sid}")
-            if not fields or fields.get("holder") == self.state.replica:
-                return None  # not live anywhere, or ours and not announced yet: the local lookup finds it
-            limits = SharedLimits(self.state, sid, self.limits, self.used_ttl_s)
-            await limits.load()
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(f"{PREFIX}call:{sid}")
+                pipe.hgetall(SharedLimits.key_for(sid))
+                fields, used = await pipe.execute()
+        if not fields or fields.get("holder") == self.state.replica:
+            return None  # not live anywhere, or ours and not announced yet: the local lookup finds it
+        limits = SharedLimits(self.state, sid, self.limits, self.used_ttl_s)
+        limits.saw(used)
         return RemoteCall(self, sid, fields, limits)
 
     # --- announcing the calls this replica holds ------------------------------------------------

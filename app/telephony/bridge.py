@@ -31,7 +31,7 @@ from app.observability import mask_digits
 from app.telephony import call_token, twilio_frames
 from app.telephony import elevenlabs_frames as el
 from app.telephony.signatures import public_url, raw_path, stream_url, valid_signature
-from app.telephony.state import Telephony
+from app.telephony.state import Telephony, bounded
 from app.telephony.twilio_frames import Dtmf, Mark, Media, Start, Stop
 
 log = logging.getLogger("switchboard.bridge")
@@ -241,11 +241,7 @@ class Relay:
 
     async def _shared(self, work: Any, what: str) -> None:
         """Shared call state at a call's start or end: bounded, and its failure never the call's."""
-        try:
-            async with asyncio.timeout(self.limits.observer_timeout):
-                await work
-        except Exception as exc:
-            log.warning("call state not updated (%s): %s", what, exc or type(exc).__name__)
+        await bounded(work, self.limits.observer_timeout, None, f"call state not updated ({what})", log)
 
     async def _notify(self, callback: Any, what: str) -> None:
         try:
@@ -299,12 +295,10 @@ class Relay:
     async def _claim(self, call_sid: str) -> bool:
         """The stream takes the slot its webhook reserved. If the shared store cannot say, the call
         goes on: its webhook admitted it and its token is valid."""
-        try:
-            async with asyncio.timeout(self.limits.observer_timeout):
-                return await self.telephony.slots.claim(call_sid)
-        except Exception as exc:
-            log.warning("admission not checked (%s): the call goes on", exc or type(exc).__name__)
-            return True
+        claimed = self.telephony.slots.claim(call_sid)
+        return await bounded(
+            claimed, self.limits.observer_timeout, True, "admission not checked, the call goes on", log
+        )
 
     def _hold(self, payload: str) -> None:
         if len(self.held) == self.held.maxlen:

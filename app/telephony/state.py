@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 import httpx
@@ -29,6 +31,26 @@ log = logging.getLogger("switchboard.telephony")
 GREETING_CHECK_EVERY_S = 300.0
 GREETING_RETRY_S = 30.0
 GREETING_CHECK_WAIT_S = 2.0
+
+T = TypeVar("T")
+
+
+async def bounded(
+    work: Awaitable[T],
+    timeout: float,
+    fallback: T,
+    what: str,
+    logger: logging.Logger = log,
+    extra: Mapping[str, object] | None = None,
+) -> T:
+    """Await shared call state for at most `timeout`: on any failure, log `what` and why, and return
+    `fallback`, so the store (Redis, with several replicas) never decides a call's fate by failing."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await work
+    except Exception as exc:
+        logger.warning("%s: %s", what, exc or type(exc).__name__, extra=extra)
+        return fallback
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ TwiML is built only with the twilio helper library.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -17,6 +16,7 @@ from quart import Blueprint, Response, request
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from app.calls.control import EndReason
+from app.calls.shared import COMMAND_TIMEOUT_S
 from app.observability import mask_digits
 from app.records.events import CallReceived, CallRefused
 from app.records.messages import caller_number
@@ -26,7 +26,7 @@ from app.telephony import call_token
 from app.telephony.bridge import STREAM_PATH
 from app.telephony.call_actions import DIAL_ACTION_PATH, after_dial_twiml, drained_twiml
 from app.telephony.signatures import public_url, raw_path, stream_url, valid_signature
-from app.telephony.state import Telephony
+from app.telephony.state import Telephony, bounded
 
 log = logging.getLogger("switchboard.twilio")
 twilio_webhook = Blueprint("twilio_webhook", __name__)
@@ -34,7 +34,6 @@ twilio_webhook = Blueprint("twilio_webhook", __name__)
 INCOMING_PATH = "/incoming-call"
 ACTION_PATH = "/connect-action"
 _CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
-SHARED_TIMEOUT_S = 1.0
 MAX_HANDOFFS = 3  # webhooks a replica that takes no calls hands on before turning the caller away
 
 
@@ -116,21 +115,13 @@ def _not_here(call_sid: str, now: datetime, log_extra: dict[str, str]) -> VoiceR
 
 async def _reserve(telephony: Telephony, call_sid: str) -> bool | None:
     """A slot for the call: False when every slot is taken, None when the shared store cannot say."""
-    try:
-        async with asyncio.timeout(SHARED_TIMEOUT_S):
-            return await telephony.slots.reserve(call_sid)
-    except Exception as exc:
-        log.warning("admission unavailable: %s", exc or type(exc).__name__, extra={"call_sid": call_sid})
-        return None
+    reserved = telephony.slots.reserve(call_sid)
+    return await bounded(reserved, COMMAND_TIMEOUT_S, None, "admission unavailable", log, {"call_sid": call_sid})
 
 
 async def _outcome(telephony: Telephony, call_sid: str) -> EndReason | None:
-    try:
-        async with asyncio.timeout(SHARED_TIMEOUT_S):
-            return await telephony.outcomes.get(call_sid)
-    except Exception as exc:
-        log.warning("stream outcome unavailable: %s", exc or type(exc).__name__, extra={"call_sid": call_sid})
-        return None
+    outcome = telephony.outcomes.get(call_sid)
+    return await bounded(outcome, COMMAND_TIMEOUT_S, None, "stream outcome unavailable", log, {"call_sid": call_sid})
 
 
 def _refuse(reason: str) -> tuple[str, int]:
