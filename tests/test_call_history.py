@@ -115,7 +115,7 @@ async def test_paraphrases_asked_in_two_calls_form_one_gap_and_card_numbers_are_
     sids = []
     questions = [
         ["do you offer pet insurance?", "how much is the autopay discount?", f"my card number is {CARD}"],
-        ["can I buy insurance for my dog from you?", "thanks, bye"],
+        ["hello?", "can I buy insurance for my dog from you?", "thank you so much", "thanks, bye"],
     ]
     async with serve(**settings) as server:
         for asked in questions:
@@ -138,6 +138,9 @@ async def test_paraphrases_asked_in_two_calls_form_one_gap_and_card_numbers_are_
     first = command(settings, "calls", "show", sids[0], "--json")
     assert [t["unanswered"] for t in first["turn_list"]] == [True, False, False]
     assert "[card number]" in first["turn_list"][2]["caller"]
+    # Small talk the documents do not answer is no knowledge gap.
+    second = command(settings, "calls", "show", sids[1], "--json")
+    assert [t["unanswered"] for t in second["turn_list"]] == [False, True, False, False]
     raw = b"".join(p.read_bytes() for p in records.parent.glob(records.name + "*"))
     assert b"4111" not in raw
 

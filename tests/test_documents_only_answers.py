@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
+from app.brain.small_talk import small_talk
 from app.brain.spoken_fallback import spoken_sentences
 from app.testing.speech_engine import SpeechEngineClient
 from tests.conftest import SECRET
@@ -58,3 +61,17 @@ def test_headings_questions_and_list_fragments_are_never_answers() -> None:
         "Customers who pay by autopay get $5 off every monthly bill.",
         "One-time setup fee, $25.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("utterance", "chat"),
+    [
+        ("hello?", True),
+        ("thank you so much", True),
+        ("okay, great, bye", True),
+        ("hello, do you sell phones", False),
+        ("thanks, how do I pay my bill", False),
+    ],
+)
+def test_small_talk_is_only_small_talk(utterance: str, chat: bool) -> None:
+    assert small_talk(utterance) is chat

@@ -267,6 +267,23 @@ async def test_a_database_made_by_the_previous_schema_is_upgraded_in_place(
         await store.stop()
 
 
+async def test_the_migrations_make_exactly_the_schema_the_code_uses(records_settings: Settings) -> None:
+    """A revision must change schema.py and the migrations alike, or a store made by them differs."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from app.records.schema import metadata
+
+    engine = create_engine(records_settings)
+    try:
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            differences = await conn.run_sync(lambda sync: compare_metadata(MigrationContext.configure(sync), metadata))
+    finally:
+        await engine.dispose()
+    assert differences == []
+
+
 async def test_messages_from_the_old_messages_file_are_carried_over_once(
     records_settings: Settings, encoder: Any
 ) -> None:

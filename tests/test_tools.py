@@ -232,7 +232,7 @@ async def test_limits_one_transfer_one_end_three_messages(tmp_path, toolbox) -> 
     results = await tools.run([call(MESSAGE_TOOL, message, f"m{n}") for n in range(4)])
     assert [json.loads(r)["ok"] for r in results] == [True, True, True, False]
     assert tools.labels == ["accepted"] * 3 + ["limit"]
-    assert len(await box.store.since()) == 3  # type: ignore[union-attr]
+    assert len(await box.records.messages.since()) == 3  # type: ignore[union-attr]
     results = await tools.run(
         [
             call(TRANSFER_TOOL, {"department": "sales"}, "t1"),
@@ -275,7 +275,7 @@ async def test_a_message_without_a_number_uses_the_callers(tmp_path, toolbox) ->
     long = "Please call me. " * 60
     (result,) = await tools.run([call(MESSAGE_TOOL, {"name": " Dana\x07 Smith ", "message": long})])
     assert "shortened to 500" in json.loads(result)["result"]
-    (saved,) = await box.store.since()  # type: ignore[union-attr]
+    (saved,) = await box.records.messages.since()  # type: ignore[union-attr]
     assert saved.callback_number == "+14155550100" and saved.call_sid == SID and saved.name == "Dana Smith"
     assert len(saved.message) == 500
     await registry.close()

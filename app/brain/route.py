@@ -131,4 +131,5 @@ class Conversation:
             await answer.aclose()
             record.call_sid = self.tools.known_call_sid if self.tools is not None else None
             record.finish(self.svc.metrics)
-            self.svc.records.record(record.event())
+            if self.svc.records.recording:
+                self.svc.records.record(record.event())

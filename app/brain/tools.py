@@ -183,7 +183,6 @@ class Toolbox:
         self.registry = registry
         self.actions = actions
         self.records = records
-        self.store = records.messages if records is not None else None
         # The `x-call-sid` header says a call exists; the bridge may announce it a moment later.
         self.bind_timeout = BIND_TIMEOUT_S
         self.models: dict[str, type[BaseModel]] = {END_TOOL: EndArgs, MESSAGE_TOOL: MessageArgs, GAP_TOOL: GapArgs}
@@ -211,7 +210,7 @@ class Toolbox:
             if TRANSFER_TOOL in self.models:
                 offered.append(TRANSFER_TOOL)
             offered.append(END_TOOL)
-        if self.store is not None and self.records is not None and self.records.ready.is_set() and messages_left:
+        if self.records is not None and self.records.ready.is_set() and messages_left:
             offered.append(MESSAGE_TOOL)
         if self.records is not None and self.records.gaps:
             offered.append(GAP_TOOL)
@@ -342,7 +341,7 @@ class CallTools:
         return self._call
 
     def _extra(self) -> dict[str, Any]:
-        return {"call_sid": self._call.call_sid if self._call else self.call_sid}
+        return {"call_sid": self.known_call_sid}
 
     async def run(self, calls: Sequence[ToolCall]) -> list[str]:
         """Gate and run the model's tool calls in order; one result text per call."""
@@ -421,8 +420,8 @@ class CallTools:
         )
 
     async def _message(self, args: MessageArgs) -> Outcome:
-        store = self.box.store
-        assert store is not None
+        assert self.box.records is not None
+        store = self.box.records.messages
         call = self._call
         name = clean_text(args.name, MAX_NAME_CHARS)
         text = clean_text(args.message, MAX_MESSAGE_CHARS)

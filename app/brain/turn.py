@@ -64,13 +64,18 @@ class TurnRecord:
     utterance: str = ""  # what the caller said, sanitised
     said: list[str] = field(default_factory=list)  # what went out to be spoken
     unanswered: str | None = None  # the question the documents did not answer
-    chunks: int = 0
+
+    @property
+    def chunks(self) -> int:
+        return len(self.said)
 
     def sent(self, text: str) -> None:
-        if self.chunks == 0:
+        if not self.said:
             self.timing["first_chunk_s"] = time.perf_counter() - self.started
-        self.chunks += 1
         self.said.append(text)
+
+    def timings_ms(self) -> dict[str, float]:
+        return {k.removesuffix("_s"): round(v * 1000, 1) for k, v in self.timing.items()}
 
     def retrieved(self, retrieval: Retrieval) -> None:
         self.timing["retrieval_s"] = retrieval.seconds
@@ -94,7 +99,7 @@ class TurnRecord:
             abstained=self.abstained,
             fallback=self.fallback,
             tools=self.tools,
-            timings_ms={k.removesuffix("_s"): round(v * 1000, 1) for k, v in self.timing.items()},
+            timings_ms=self.timings_ms(),
             sources=self.passages,
             unanswered=self.unanswered,
         )
@@ -130,7 +135,7 @@ class TurnRecord:
                 "tools": [f"{t['tool']}:{t['decision']}" for t in self.tools] or None,
                 "fallback": self.fallback,
                 "chunks": self.chunks,
-                **{f"{k.removesuffix('_s')}_ms": round(v * 1000, 1) for k, v in self.timing.items()},
+                **{f"{k}_ms": ms for k, ms in self.timings_ms().items()},
             },
         )
 
@@ -222,8 +227,9 @@ class TurnPipeline:
                 record.outcome, record.fallback = "documents_only", "no model"
                 yield await self._documents_answer(retrieval, query, clean, record)
                 return
-            offered = await binding if binding is not None else ()
-            async for text in self._model_answer(clean, retrieval, query, record, tools, offered):
+            if binding is not None:
+                await binding
+            async for text in self._model_answer(clean, retrieval, query, record, tools):
                 yield text
         finally:
             if binding is not None and not binding.cancel() and not binding.cancelled():
@@ -236,11 +242,11 @@ class TurnPipeline:
         query: str,
         record: TurnRecord,
         tools: CallTools | None,
-        offered: tuple[str, ...],
     ) -> AsyncIterator[str]:
         """Model rounds: text streams out as it comes; tool calls are gated, answered, and the
-        model goes again (at most MAX_TOOL_ROUNDS times, the last round without tools). `offered`:
-        the tools this turn may use (`CallTools.begin_turn`)."""
+        model goes again (at most MAX_TOOL_ROUNDS times, the last round without tools). The turn's
+        tools were offered by `CallTools.begin_turn`, run while retrieval ran."""
+        offered = tools.offered if tools is not None else ()
         specs = tools.box.specs(offered) if tools is not None and offered else None
         messages = self.prompt.messages(clean, retrieval, offered)
         spoke = acted = False

@@ -23,6 +23,7 @@ from app.records.outbox import MESSAGE_CREATED, Outbox
 from app.records.redact import redact
 from app.records.schema import calls, messages
 from app.records.writer import upsert_call
+from app.settings import E164
 
 MAX_MESSAGE_CHARS = 500
 MAX_NAME_CHARS = 100
@@ -43,13 +44,10 @@ def normalise_number(text: str, region: str = DEFAULT_REGION) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-
-
 def caller_number(text: str) -> str | None:
     """A caller ID as +E.164 (Twilio sends it so), or None for anonymous, sip: or client: callers."""
     text = text.strip()
-    if _E164.match(text):
+    if E164.match(text):
         return text
     return normalise_number(text) if text and text[0] in "+0123456789(" else None
 

@@ -22,10 +22,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import and_, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.records.schema import outbox
+from app.records.schema import outbox, upsert_into
 from app.settings import Settings
 
 MESSAGE_CREATED = "message.created"
@@ -77,10 +76,6 @@ def call_ended_event_id(call_sid: str) -> str:
     return "evt_" + hashlib.sha256(f"{CALL_ENDED}:{call_sid}".encode()).hexdigest()[:32]
 
 
-def _insert(conn: AsyncConnection) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(outbox)
-
-
 class Outbox:
     """Where events are announced, for one app; tells this replica's workers when one is committed."""
 
@@ -125,7 +120,8 @@ class Outbox:
         ]
         if not rows:
             return
-        statement = _insert(conn).on_conflict_do_nothing(index_elements=[outbox.c.event_id, outbox.c.destination])
+        unique = [outbox.c.event_id, outbox.c.destination]
+        statement = upsert_into(conn, outbox).on_conflict_do_nothing(index_elements=unique)
         await conn.execute(statement, rows)
         self._announced = True
 

@@ -133,15 +133,7 @@ class TurnView:
             "fallback": self.fallback,
             "tools": self.tools,
             "timings_ms": self.timings_ms,
-            "sources": [
-                {
-                    "source": s.source,
-                    "heading": s.heading,
-                    "score": round(s.score, 3),
-                    "similarity": round(s.similarity, 3),
-                }
-                for s in self.sources
-            ],
+            "sources": [s.to_json() for s in self.sources],
         }
 
 

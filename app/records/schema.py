@@ -11,6 +11,7 @@ calls list filters on an index instead of working out every call's outcome per p
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -31,7 +32,9 @@ from sqlalchemy import (
     TypeDecorator,
     false,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 metadata = MetaData()
 
@@ -197,3 +200,8 @@ outbox = Table(
     Index("outbox_destination_state", "destination", "state", "id"),
     Index("outbox_state", "state", "id"),
 )
+
+
+def upsert_into(conn: AsyncConnection, table: Table) -> Any:
+    """An INSERT of this database's dialect, which has ON CONFLICT (SQLite and PostgreSQL alike)."""
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)

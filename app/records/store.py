@@ -64,6 +64,10 @@ class RecordsStore:
         """Unanswered questions are grouped into gaps (recording is on, with an encoder)."""
         return self.recorder is not None and self.recorder.gaps is not None
 
+    @property
+    def recording(self) -> bool:
+        return self.recorder is not None
+
     def record(self, event: RecordEvent) -> None:
         if self.recorder is not None:
             self.recorder.add(event)

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.records.events import (
@@ -27,13 +26,7 @@ from app.records.events import (
 from app.records.gaps import GapGrouper
 from app.records.outbox import CALL_ENDED, GAP_CREATED, Outbox, call_ended_event_id
 from app.records.redact import redact
-from app.records.schema import calls, passages, turn_sources, turns
-
-
-def _insert(conn: AsyncConnection, table: Any) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
-
+from app.records.schema import calls, passages, turn_sources, turns, upsert_into
 
 Updates = Callable[[Any], dict[str, Any]]
 
@@ -42,7 +35,7 @@ async def upsert_call(
     conn: AsyncConnection, call_sid: str, values: dict[str, Any], updates: Updates | None = None
 ) -> None:
     """Insert the call with `values`; if it exists, set `updates(excluded)` (default: the same values)."""
-    statement = _insert(conn, calls).values(call_sid=call_sid, **values)
+    statement = upsert_into(conn, calls).values(call_sid=call_sid, **values)
     set_ = updates(statement.excluded) if updates else {k: statement.excluded[k] for k in values}
     await conn.execute(statement.on_conflict_do_update(index_elements=[calls.c.call_sid], set_=set_))
 
@@ -133,7 +126,7 @@ async def _turn(conn: AsyncConnection, turn: TurnDone, gaps: GapGrouper | None, 
     ).scalar_one()
     if turn.sources:
         await conn.execute(
-            _insert(conn, passages).on_conflict_do_nothing(index_elements=[passages.c.id]),
+            upsert_into(conn, passages).on_conflict_do_nothing(index_elements=[passages.c.id]),
             [
                 {"id": s.id, "source": s.source, "headings": list(s.headings), "text": s.text}
                 for s in {s.id: s for s in turn.sources}.values()

@@ -14,8 +14,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tests.bench.server_process import app_process
 MODEL_DELAY_S = 0.2
 TURNS_PER_CONVERSATION = 10
 SECRET = "bench-secret"
+DATA = Path("data").resolve()  # the product's default DATA_DIR: the embedding model is kept there
 EVAL = Path(__file__).resolve().parents[3] / "shared" / "eval"
 QUESTIONS = [
     "what time does the shop open on saturdays",
@@ -65,6 +66,7 @@ def brain_server(tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator
             "LOG_LEVEL": "WARNING",
             "DATA_DIR": str(tmp / "data"),
             "INDEX_DIR": str(tmp / "data" / "index"),
+            "DATABASE_URL": records_url(tmp),  # never the records of DATA_DIR, which may be a real one
             **(extra_env or {}),
         }
         with app_process(tmp, env) as (port, _pid):
@@ -101,32 +103,42 @@ async def run_load(url: str, conversations: int) -> list[float]:
 PAIRS = 3  # server processes differ by about a millisecond at p50 on their own: average over several
 
 
-def compare_overhead(tmp: Path, name: str, variants: dict[str, dict[str, str]]) -> None:
-    """Brain overhead at 20 conversations under two settings (two names → extra env), their servers
-    started in turn PAIRS times over (interleaved: drift hits both alike); prints both and the
-    difference at p50 (bar: at most 1 ms)."""
+def records_url(work: Path) -> str:
+    """The records store of a bench server started in `work`: its own, new each run."""
+    return f"sqlite:///{work / 'records.sqlite3'}"
+
+
+Variant = dict[str, str] | Callable[[Path], AbstractContextManager[dict[str, str]]]
+
+
+def compare_overhead(tmp: Path, name: str, variants: dict[str, Variant], bar: str | None = "at most 1 ms") -> None:
+    """Brain overhead at 20 conversations under two settings, their servers started in turn PAIRS
+    times over (interleaved: drift hits both alike); prints both and the difference at p50. A
+    setting is extra env, or a context manager given the run's directory that yields it (to prepare
+    and inspect the run's store around the server)."""
     index_dir = big_index()
     results: dict[str, list[float]] = {label: [] for label in variants}
     for run in range(PAIRS):
-        for label, extra in variants.items():
+        for label, variant in variants.items():
             work = tmp / f"{label}-{run}".replace(" ", "-")
             work.mkdir()
-            env = {"INDEX_DIR": str(index_dir), "DATA_DIR": str(Path("data").resolve()), **extra}
-            with brain_server(work, env) as url:
-                uvloop.run(run_load(url, 2))  # warm-up
-                results[label].extend(uvloop.run(run_load(url, 20)))
+            setting = variant(work) if callable(variant) else nullcontext(variant)
+            with setting as extra:
+                env = {"INDEX_DIR": str(index_dir), "DATA_DIR": str(DATA), **extra}
+                with brain_server(work, env) as url:
+                    uvloop.run(run_load(url, 2))  # warm-up
+                    results[label].extend(uvloop.run(run_load(url, 20)))
     (first, before), (second, after) = results.items()
     print(f"\nbrain overhead, 20 conversations, {name} {first}: {_percentiles(before)}")
     print(f"brain overhead, 20 conversations, {name} {second}: {_percentiles(after)}")
     difference = (statistics.median(after) - statistics.median(before)) * 1000
-    print(f"difference at p50: {difference:+.2f} ms (bar: at most 1 ms)")
+    print(f"difference at p50: {difference:+.2f} ms" + (f" (bar: {bar})" if bar else ""))
 
 
 def big_index(**store: Any) -> Path:
     """An index of >= 5k passages, built once and reused (ingest is a no-op when nothing changed);
     `store` may name a Chroma server (chroma_host, chroma_port) to build it there instead."""
-    data = Path("data").resolve()
-    docs = data / "bench" / "docs"
+    docs = DATA / "bench" / "docs"
     if not docs.is_dir():
         rng = random.Random(0)
         sentences = [
@@ -145,7 +157,7 @@ def big_index(**store: Any) -> Path:
             (docs / "filler" / f"archive-{page:03d}.md").write_text(
                 f"# Archive page {page}\n\n" + "\n\n".join(sections)
             )
-    settings = Settings(_env_file=None, data_dir=data, index_dir=data / "bench" / "index", **store)
+    settings = Settings(_env_file=None, data_dir=DATA, index_dir=DATA / "bench" / "index", **store)
     report = run_ingest(settings, docs, progress=True)
     assert report.chunks >= 5000, report.chunks
     return settings.index_dir
@@ -158,10 +170,10 @@ def test_brain_overhead(store: str, tmp_path: Path) -> None:
     with ExitStack() as stack:
         server: dict[str, Any] = {}
         if store == "server":
-            host, port = stack.enter_context(chroma_server(Path("data").resolve() / "bench" / "chroma"))
+            host, port = stack.enter_context(chroma_server(DATA / "bench" / "chroma"))
             server = {"chroma_host": host, "chroma_port": port}
         index_dir = big_index(**server)
-        settings = Settings(_env_file=None, data_dir=Path("data").resolve(), index_dir=index_dir, **server)
+        settings = Settings(_env_file=None, data_dir=DATA, index_dir=index_dir, **server)
         retriever = Retriever(settings, query_encoder_for(settings))
         retriever.load()
         assert retriever.build is not None

@@ -6,7 +6,7 @@
    by polling, every second, so that figure is about half a second).
 2. Call latency with a stalled receiver: brain overhead at 20 conversations (as `bench_brain.py`)
    with no webhooks, and with five webhook URLs at a receiver that accepts connections and never
-   answers while 50 events wait for it, interleaved so drift hits both alike.
+   answers while 250 events (50 messages to five URLs) wait for it, interleaved so drift hits both alike.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import random
 import socket
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import uvloop
@@ -27,7 +28,7 @@ from app.observability import Metrics
 from app.records.schema import outbox
 from app.records.store import RecordsStore
 from app.settings import Settings
-from tests.bench.bench_brain import big_index, brain_server, run_load
+from tests.bench.bench_brain import DATA, compare_overhead, records_url
 from tests.receiver import Receiver
 
 MESSAGES = 100
@@ -127,36 +128,25 @@ async def _tries(settings: Settings) -> tuple[int, str]:
 
 
 def test_call_latency_with_a_stalled_receiver(tmp_path: Path) -> None:
-    index_dir = big_index()
-    data = Path("data").resolve()
     stalled = socket.socket()  # accepts connections (the kernel's backlog) and never answers
     stalled.bind(("127.0.0.1", 0))
     stalled.listen(1024)
     port = stalled.getsockname()[1]
     urls = ",".join(f"http://127.0.0.1:{port}/hook/{n}" for n in range(5))
-    results: dict[str, list[float]] = {}
     waiting = []
+
+    @contextmanager
+    def stalling(work: Path) -> Iterator[dict[str, str]]:
+        """50 messages (250 events) already waiting for the stalled receiver when the server starts."""
+        settings = Settings(_env_file=None, data_dir=DATA, database_url=records_url(work),
+                            notify_webhook_url=urls, notify_webhook_secret=SECRET)  # fmt: skip
+        uvloop.run(_backlog(settings, 50))
+        yield {"NOTIFY_WEBHOOK_URL": urls, "NOTIFY_WEBHOOK_SECRET": SECRET}
+        waiting.append(uvloop.run(_tries(settings)))
+
     try:
-        for n, stall in enumerate((False, True, False, True)):
-            work = tmp_path / f"run-{n}"  # its own directory: the fake model writes its port there
-            work.mkdir()
-            env = {"INDEX_DIR": str(index_dir), "DATA_DIR": str(data),
-                   "DATABASE_URL": f"sqlite:///{work / 'records.sqlite3'}"}  # fmt: skip
-            settings = Settings(_env_file=None, data_dir=data, database_url=env["DATABASE_URL"],
-                                notify_webhook_url=urls, notify_webhook_secret=SECRET)  # fmt: skip
-            if stall:
-                env |= {"NOTIFY_WEBHOOK_URL": urls, "NOTIFY_WEBHOOK_SECRET": SECRET}
-                uvloop.run(_backlog(settings, 50))
-            with brain_server(work, env) as url:
-                uvloop.run(run_load(url, 2))
-                results.setdefault(str(stall), []).extend(uvloop.run(run_load(url, 20)))
-            if stall:
-                waiting.append(uvloop.run(_tries(settings)))
+        compare_overhead(tmp_path, "webhooks:", {"none": {}, "stalled receiver (5 URLs)": stalling}, bar=None)
     finally:
         stalled.close()
-    off, on = results["False"], results["True"]
-    print(f"\nbrain overhead, 20 conversations, no webhooks:             {_percentiles(off)}")
-    print(f"brain overhead, 20 conversations, stalled receiver (5 URLs): {_percentiles(on)}")
-    print(f"difference at p50: {(statistics.median(on) - statistics.median(off)) * 1000:+.2f} ms")
     for tries, error in waiting:
         print(f"  stalled run: all 250 events still waiting, {tries} sends timed out ({error})")
