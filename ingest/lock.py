@@ -8,20 +8,17 @@ a message naming the holder.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.knowledge.store import http_client
+from app.knowledge.store import flocked, http_client
 from app.settings import Settings
 from ingest.errors import IngestBusy
 from ingest.lease import Lease
 
 LOCK_FILE = "ingest.lock"
-_POLL_SECONDS = 0.1
 
 
 @contextmanager
@@ -45,28 +42,18 @@ def ingest_lock(settings: Settings, wait_seconds: float) -> Iterator[Lease | Non
 
 @contextmanager
 def _flock(index_dir: Path, wait_seconds: float) -> Iterator[None]:
-    index_dir.mkdir(parents=True, exist_ok=True)
     path = index_dir / LOCK_FILE
-    with path.open("a+") as handle:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "unknown"
-                    raise IngestBusy(
-                        f"another ingest (pid {holder}) is writing this index ({path} is locked); "
-                        f"waited {wait_seconds:g} s; run again when it has finished"
-                    ) from None
-                time.sleep(_POLL_SECONDS)
+
+    def busy() -> IngestBusy:
+        holder = path.read_text().strip() or "unknown"
+        return IngestBusy(
+            f"another ingest (pid {holder}) is writing this index ({path} is locked); "
+            f"waited {wait_seconds:g} s; run again when it has finished"
+        )
+
+    with flocked(path, exclusive=True, wait_seconds=wait_seconds, busy=busy) as handle:
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield

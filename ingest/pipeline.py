@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from app.knowledge.embedding import ModelSpec, embedder_for, resolve_model
 from app.knowledge.manifest import FileEntry, Manifest
 from app.knowledge.records import CHUNKER_VERSION, ChunkRecord, record_id
-from app.knowledge.store import BuildState, Pointer, build_state, chunk_collection, writing_client
+from app.knowledge.store import BuildState, Pointer, build_state, chunk_collection, store_client
 from app.settings import Settings
 from ingest import writer
 from ingest.errors import BuildInvalid, IngestError, NoPreviousBuild, NothingToIndex
@@ -33,6 +34,8 @@ from ingest.scan import Scan, Skip, require_directory, scan_source
 
 DEFAULT_WAIT_SECONDS = 30.0
 _EMBED_BATCH = 32  # also the granularity of the progress bar
+# Up to this many texts to embed, the store stays open while they are embedded (see `_Ingest.run`).
+_EMBED_IN_SESSION = 256
 
 
 class StrictRefused(IngestError):
@@ -71,7 +74,10 @@ def rollback(settings: Settings, *, wait_seconds: float = DEFAULT_WAIT_SECONDS) 
     """Make the previous build live again; the one it replaces becomes the previous."""
     started = time.monotonic()
     state = build_state(settings)
-    with ingest_lock(settings, wait_seconds) as lease, writing_client(settings, wait_seconds) as client:
+    with (
+        ingest_lock(settings, wait_seconds) as lease,
+        store_client(settings, exclusive=True, wait_seconds=wait_seconds) as client,
+    ):
         pointer = state.pointer()
         if state.writing() is not None:
             writer.repair(client, state, pointer)
@@ -116,6 +122,7 @@ class _Changes:
     add: list[ChunkRecord] = field(default_factory=list)
     close: list[str] = field(default_factory=list)
     vectors: dict[str, Any] = field(default_factory=dict)  # by embed key
+    pending: dict[str, str] = field(default_factory=dict)  # texts the store has never seen, to embed, by embed key
     embedded_keys: set[str] = field(default_factory=set)  # texts the model embedded in this run
 
     @property
@@ -146,7 +153,7 @@ class _Ingest:
     def run(self) -> Report:
         pointer = self.state.pointer()
         if self.state.writing() is not None:  # an ingest was killed: undo its leftovers first
-            with writing_client(self.settings, self.wait_seconds) as client:
+            with self._store() as client:
                 writer.repair(client, self.state, pointer)
                 self.state.mark_writing(None)
         live = Manifest.from_json(self.state.manifest(pointer.live)) if pointer.live else None
@@ -177,29 +184,48 @@ class _Ingest:
                 + (f" ({len(report.skipped)} file(s) skipped)" if report.skipped else "")
             )
         build = pointer.newest + 1
-        # One session from here: the embedded store is opened (and its vector index loaded) once.
-        with writing_client(self.settings, self.wait_seconds) as client:
-            collection = chunk_collection(client, self.spec.model_id, create=True)
-            assert collection is not None
-            changes = self._changes(collection, plan, chunks)
+        # Embedded, an open store holds store.lock exclusively, which keeps a starting server out, and
+        # only writing needs it (ingest.lock keeps other ingests out). So many new texts (minutes of
+        # embedding) are embedded with the store closed; a few are embedded in the one session, as
+        # reopening the store loads its vector index again.
+        with self._store() as client:
+            changes = self._changes(client, plan, chunks)
+            in_session = len(changes.pending) <= _EMBED_IN_SESSION
+            if in_session:
+                self._embed(changes)
+                self._commit(client, pointer, live, build, manifest, changes)
+        if not in_session:
             self._embed(changes)
-            self._write(collection, build, changes)
-            self.state.save_manifest(build, manifest.to_json())
-            writer.validate(collection, build, [record_id(r.id, build) for r in changes.add], changes.close)
-            self.stages.start("switching", f"build {build} goes live")
-            self.stages.checkpoint("switching")
-            self._still_ours()
-            switched = Pointer(live=build, previous=pointer.live)
-            self.state.switch(switched)
-            self.stages.start("cleaning up")
-            models = {build: self.spec.model_id} | ({pointer.live: live.model_id} if pointer.live and live else {})
-            writer.collect_garbage(client, self.state, switched, models)
-            self.state.mark_writing(None)
+            with self._store() as client:
+                self._commit(client, pointer, live, build, manifest, changes)
         report.build = build
         report.chunks = manifest.chunks
         report.embedded = changes.embedded
         report.reused = manifest.chunks - sum(1 for r in changes.add if r.embed_key in changes.embedded_keys)
         return report
+
+    def _store(self) -> AbstractContextManager[Any]:
+        """The store, to write (embedded: opened under store.lock, held exclusively until closed)."""
+        return store_client(self.settings, exclusive=True, wait_seconds=self.wait_seconds)
+
+    def _commit(
+        self, client: Any, pointer: Pointer, live: Manifest | None, build: int, manifest: Manifest, changes: _Changes
+    ) -> None:
+        """Write the next build, check it, make it live, and delete what neither kept build needs."""
+        collection = chunk_collection(client, self.spec.model_id, create=True)
+        assert collection is not None
+        self._write(collection, build, changes)
+        self.state.save_manifest(build, manifest.to_json())
+        writer.validate(collection, build, [record_id(r.id, build) for r in changes.add], changes.close)
+        self.stages.start("switching", f"build {build} goes live")
+        self.stages.checkpoint("switching")
+        self._still_ours()
+        switched = Pointer(live=build, previous=pointer.live)
+        self.state.switch(switched)
+        self.stages.start("cleaning up")
+        models = {build: self.spec.model_id} | ({pointer.live: live.model_id} if pointer.live and live else {})
+        writer.collect_garbage(client, self.state, switched, models)
+        self.state.mark_writing(None)
 
     def _same_recipe(self, manifest: Manifest) -> bool:
         return manifest.model_id == self.spec.model_id and manifest.chunker_version == CHUNKER_VERSION
@@ -259,9 +285,11 @@ class _Ingest:
             entries[file.source] = FileEntry(file.sha256, len(fresh), file.skipped, stat)
         return chunks, entries
 
-    def _changes(self, collection: Any, plan: _Plan, chunks: dict[str, ChunkRecord]) -> _Changes:
+    def _changes(self, client: Any, plan: _Plan, chunks: dict[str, ChunkRecord]) -> _Changes:
         """Compare the parsed files' chunks with the open records of the same files: records to end,
-        chunks to add, and the vectors the store already has for the added texts."""
+        chunks to add, the vectors the store already has for the added texts, and the texts to embed."""
+        collection = chunk_collection(client, self.spec.model_id, create=True)
+        assert collection is not None
         affected = None if plan.fresh else plan.parse + plan.removed
         before = writer.open_records(collection, affected) if affected != [] else {}
         changes = _Changes(
@@ -269,14 +297,14 @@ class _Ingest:
             close=[record for chunk, (record, _) in before.items() if chunk not in chunks],
         )
         changes.vectors = writer.known_vectors(collection, sorted({r.embed_key for r in changes.add}))
+        for record in changes.add:
+            if record.embed_key not in changes.vectors:
+                changes.pending.setdefault(record.embed_key, record.embedded_text)
         return changes
 
     def _embed(self, changes: _Changes) -> None:
         """Embed each text the store has never seen, once."""
-        pending: dict[str, str] = {}
-        for record in changes.add:
-            if record.embed_key not in changes.vectors:
-                pending.setdefault(record.embed_key, record.embedded_text)
+        pending = changes.pending
         if not pending:
             return
         self.stages.start("embedding", f"{len(pending)} new texts (loading the model)")

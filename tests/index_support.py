@@ -11,24 +11,16 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.knowledge.manifest import Manifest
-from app.knowledge.records import OPEN, ChunkRecord, visible_in
+from app.knowledge.records import ChunkRecord
 from app.knowledge.search import LiveBuild
-from app.knowledge.store import (
-    CHUNKS_PREFIX,
-    Pointer,
-    build_state,
-    chunk_collection,
-    http_client,
-    open_embedded,
-    store_lock,
-)
+from app.knowledge.store import CHUNKS_PREFIX, Pointer, build_state, chunk_collection, store_client
 from app.settings import Settings
 
 PLANS = """# Internet Plans
@@ -80,18 +72,9 @@ def write_kb(root: Path) -> Path:
     return root
 
 
-@contextmanager
-def reading(settings: Settings) -> Iterator[Any]:
+def reading(settings: Settings) -> AbstractContextManager[Any]:
     """A client on the index as the server opens it (embedded: under the shared store lock)."""
-    if settings.chroma_server:
-        yield http_client(settings)
-        return
-    with store_lock(settings.index_dir, exclusive=False, wait_seconds=30):
-        client = open_embedded(settings.index_dir)
-        try:
-            yield client
-        finally:
-            client.close()
+    return store_client(settings, exclusive=False, wait_seconds=30)
 
 
 def pointer(settings: Settings) -> Pointer:
@@ -142,19 +125,6 @@ def assert_tidy(settings: Settings) -> None:
     assert not orphans, orphans
 
 
-def count_visible(settings: Settings, build: int) -> int:
-    manifest = Manifest.from_json(build_state(settings).manifest(build))
-    assert manifest is not None
-    with reading(settings) as client:
-        collection = chunk_collection(client, manifest.model_id)
-        assert collection is not None
-        return len(collection.get(where=visible_in(build), include=[])["ids"])
-
-
-def open_count(settings: Settings) -> int:
-    return sum(1 for _, last in stored(settings).values() if last == OPEN)
-
-
 # --- `python -m ingest` in another process ---------------------------------------------------
 
 
@@ -171,11 +141,12 @@ def cli_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def ingest_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def ingest_cli(settings: Settings, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`cwd`: a directory without a .env (by default the knowledge directory's parent)."""
     return subprocess.run(
         [sys.executable, "-m", "ingest", *args],
         env=cli_env(settings),
-        cwd=settings.knowledge_dir.parent,  # no .env of the developer's is read
+        cwd=cwd or settings.knowledge_dir.parent,  # no .env of the developer's is read
         capture_output=True,
         text=True,
         timeout=180,

@@ -20,8 +20,9 @@ import docx
 import pytest
 from fpdf import FPDF
 
+import ingest.pipeline
 import ingest.scan
-from app.knowledge.store import build_state
+from app.knowledge.store import StoreBusy, build_state, store_lock
 from app.settings import Settings
 from ingest.errors import IngestBusy, NoPreviousBuild, NothingToIndex, SourceMissing
 from ingest.lock import ingest_lock
@@ -340,6 +341,36 @@ def test_an_index_from_before_shared_builds_is_rebuilt_and_removed(tmp_path: Pat
     assert not (index_dir / "builds").exists() and not (index_dir / "live.json").exists()
     assert sources(settings) == {"plans.md", "support/hours.txt", "support/contact.html"}
     shutil.rmtree(index_dir)
+
+
+def test_many_new_texts_are_embedded_with_the_store_free_for_a_starting_server(
+    tmp_path: Path, shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embedded: the ingest holds store.lock exclusively only to read and write the store. A few new
+    texts are embedded in that one session; many (minutes of embedding) with the store closed, so a
+    server starting meanwhile can open it."""
+    kb = write_kb(tmp_path / "kb")
+    settings = Settings(_env_file=None, knowledge_dir=kb, data_dir=shared_data_dir, index_dir=tmp_path / "index")
+    free_while_embedding: list[bool] = []
+    load_model = ingest.pipeline.embedder_for
+
+    def probed(settings: Settings) -> Any:
+        try:
+            with store_lock(settings.index_dir, exclusive=False, wait_seconds=0):
+                free_while_embedding.append(True)
+        except StoreBusy:
+            free_while_embedding.append(False)
+        return load_model(settings)
+
+    monkeypatch.setattr("ingest.pipeline.embedder_for", probed)
+    first = run_ingest(settings)
+    monkeypatch.setattr("ingest.pipeline._EMBED_IN_SESSION", 0)  # one new text is "many"
+    (kb / "plans.md").write_text(PLANS.replace("$35 a month", "$39 a month"))
+    second = run_ingest(settings)
+    assert free_while_embedding == [False, True]
+    assert second.embedded == 1 and second.build == first.build + 1
+    assert any("$39 a month" in t for t in live_texts(settings).values())
+    assert_tidy(settings)
 
 
 def _pages(root: Path, count: int, seed: int) -> None:

@@ -65,6 +65,8 @@ def test_sigkill_in_each_stage_leaves_the_live_build_and_the_next_run_finishes_t
     assert live_texts(settings) == texts_before and answers(settings, QUESTION) == answer_before
     if stage in ("writing", "switching"):  # the killed ingest had written part or all of its build
         assert stored(settings) != records_before
+    else:  # nothing is written before the writing stage
+        assert stored(settings) == records_before
 
     after = run_ingest(settings, wait_seconds=30)  # on a server, the dead ingest's lease lapses first
     assert (after.added, after.changed, after.removed) == (1, 1, 1) and after.build == before.build + 1

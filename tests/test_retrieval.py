@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import Stemmer
 
+from app.knowledge.embedding import QueryEncoder
 from app.knowledge.keywords import KeywordIndex, terms
+from app.knowledge.retrieval import Retriever
+from app.knowledge.store import store_lock
 from app.settings import Settings
 from ingest.pipeline import run_ingest
 from tests.index_support import pointer, retriever
@@ -137,3 +140,19 @@ def test_the_nearest_passages_of_other_builds_do_not_crowd_out_the_live_ones(
     with retriever(settings) as found:
         answer = found.retrieve_sync("what does a blinking red light on my router mean", k=5)
     assert {p.source for p in answer.passages} == {"billing.md", "moving.md"}
+
+
+def test_a_server_starting_while_an_ingest_writes_says_why_and_loads_once_it_is_done(
+    kb_index: Path, shared_data_dir: Path, encoder: QueryEncoder
+) -> None:
+    settings = Settings(_env_file=None, data_dir=shared_data_dir, index_dir=kb_index)
+    found = Retriever(settings, encoder)
+    with store_lock(kb_index, exclusive=True, wait_seconds=0):  # as an ingest holds it to write
+        found.load()
+    assert not found.ready
+    assert found.error == "an ingest is writing the index; it will be loaded when it is done"
+    found.load()
+    try:
+        assert found.ready and found.error is None
+    finally:
+        found.close()

@@ -117,9 +117,6 @@ class Embedder:
                 list(texts), batch_size=_EMBED_BATCH, normalize_embeddings=True, convert_to_numpy=True
             )
 
-    def embed_query(self, text: str) -> np.ndarray:
-        return self.embed([text])[0]
-
 
 class QueryEncoder:
     """The server's embedder: one short text at a time, on the same int8 export that ingest uses.

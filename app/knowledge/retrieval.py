@@ -54,13 +54,17 @@ class Passage:
 @dataclass(frozen=True)
 class Retrieval:
     passages: tuple[Passage, ...]
-    abstain: bool
     build_id: int | None
     seconds: float
 
     @property
     def best_similarity(self) -> float:
         return max((p.similarity for p in self.passages), default=0.0)
+
+    @property
+    def abstain(self) -> bool:
+        """The documents don't answer the question."""
+        return self.best_similarity < ABSTAIN_BELOW
 
 
 def search(build: LiveBuild, embedding: np.ndarray, query: str, k: int) -> list[Passage]:
@@ -165,8 +169,10 @@ class Retriever:
                     self._load_from_server(live, manifest.model_id)
                 else:
                     self._load_embedded(live, manifest.model_id)
-            except StoreBusy:
-                return  # an ingest is writing the embedded store: keep answering, look again next time
+            except StoreBusy:  # an ingest is writing the embedded store: keep answering, look again next time
+                if self.build is None:
+                    self.error = "an ingest is writing the index; it will be loaded when it is done"
+                return
             except Exception as exc:  # a broken index must not take the brain down
                 self.error = f"the index could not be opened: {exc}"
                 log.exception("index not loaded")
@@ -220,8 +226,7 @@ class Retriever:
             if build is None:
                 raise LookupError(self.error or "no index")
             passages = tuple(search(build, embedding, query, k))
-        best = max((p.similarity for p in passages), default=0.0)
-        return Retrieval(passages, best < ABSTAIN_BELOW, build.build_id, time.perf_counter() - started)
+        return Retrieval(passages, build.build_id, time.perf_counter() - started)
 
     async def retrieve(self, query: str) -> Retrieval:
         return await asyncio.to_thread(self.retrieve_sync, query)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.knowledge.keywords import KeywordIndex, Vocabulary
-from app.knowledge.records import ChunkRecord, embedded_text, visible_in
+from app.knowledge.records import ChunkRecord, visible_in
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
@@ -146,7 +146,7 @@ def _texts(collection: Collection, ids: Sequence[str]) -> tuple[list[str], list[
         for record, document, metadata in zip(found["ids"], found["documents"], found["metadatas"], strict=True):
             chunk = ChunkRecord.from_stored(record, document or "", dict(metadata or {}))
             found_ids.append(record)
-            texts.append(embedded_text(chunk.headings, chunk.text))
+            texts.append(chunk.embedded_text)
             keys.append(hash(chunk.text))
     return found_ids, texts, keys
 

@@ -35,11 +35,11 @@ import threading
 import time
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -253,12 +253,13 @@ def http_client(settings: Settings) -> ClientAPI:
 
 
 @contextmanager
-def writing_client(settings: Settings, wait_seconds: float) -> Iterator[ClientAPI]:
-    """A client for an ingest. Embedded, it holds store.lock exclusively until closed."""
+def store_client(settings: Settings, *, exclusive: bool, wait_seconds: float) -> Iterator[ClientAPI]:
+    """A client on the index. Embedded, the store is opened under store.lock (exclusive to write, shared
+    to read), held until the client is closed; on a Chroma server, the process's client."""
     if settings.chroma_server:
         yield http_client(settings)
         return
-    with store_lock(settings.index_dir, exclusive=True, wait_seconds=wait_seconds):
+    with store_lock(settings.index_dir, exclusive=exclusive, wait_seconds=wait_seconds):
         client = open_embedded(settings.index_dir)
         try:
             yield client
@@ -289,9 +290,18 @@ def chunk_collection(client: ClientAPI, model_id: str, create: bool = False) -> 
 
 @contextmanager
 def store_lock(index_dir: Path, *, exclusive: bool, wait_seconds: float) -> Iterator[None]:
-    """flock on INDEX_DIR/store.lock. The kernel drops it when its holder dies, even by SIGKILL."""
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with (index_dir / STORE_LOCK).open("a") as handle:
+    """flock on INDEX_DIR/store.lock (see above)."""
+    busy = f"an ingest is writing the index in {index_dir}"
+    with flocked(index_dir / STORE_LOCK, exclusive=exclusive, wait_seconds=wait_seconds, busy=lambda: StoreBusy(busy)):
+        yield
+
+
+@contextmanager
+def flocked(path: Path, *, exclusive: bool, wait_seconds: float, busy: Callable[[], Exception]) -> Iterator[TextIO]:
+    """flock on `path`, polled for up to `wait_seconds`, then `busy()` is raised. Yields the open file
+    (a+). The kernel drops the lock when its holder dies, even by SIGKILL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         deadline = time.monotonic() + wait_seconds
         while True:
@@ -300,10 +310,10 @@ def store_lock(index_dir: Path, *, exclusive: bool, wait_seconds: float) -> Iter
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise StoreBusy(f"an ingest is writing the index in {index_dir}") from None
+                    raise busy() from None
                 time.sleep(_POLL_SECONDS)
         try:
-            yield
+            yield handle
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -30,13 +29,14 @@ from app.knowledge.embedding import Embedder, embedder_for, query_encoder_for, r
 from app.knowledge.manifest import FileEntry, Manifest
 from app.knowledge.records import CHUNKER_VERSION, ChunkRecord, embedded_text
 from app.knowledge.retrieval import Retriever
-from app.knowledge.store import Pointer, build_state, chunk_collection, writing_client
+from app.knowledge.store import Pointer, build_state, chunk_collection, store_client
 from app.settings import Settings
 from ingest import writer
 from ingest.chunker import Chunker
 from ingest.loaders import SUPPORTED_SUFFIXES, load_document
 from ingest.pipeline import run_ingest
 from tests.bench.chroma_server import chroma_server
+from tests.index_support import ingest_cli
 
 REPO = Path(__file__).resolve().parents[2]
 HELPCENTER = REPO.parent / "shared" / "eval" / "helpcenter"
@@ -68,12 +68,8 @@ def test_cold_build_throughput_and_unchanged_rerun(corpus: str, embedder: Embedd
     chunker = Chunker(embedder.spec.tokenizer_file, embedder.spec.window)
     mean_pieces = _mean_word_pieces(chunker, source)
 
-    env = os.environ | {"KNOWLEDGE_DIR": str(source), "DATA_DIR": str(MODELS), "INDEX_DIR": str(tmp_path / "index")}
-    env = {k: v for k, v in env.items() if not k.startswith("CHROMA_")}
     started = time.perf_counter()
-    rerun = subprocess.run(
-        [sys.executable, "-m", "ingest", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True
-    )
+    rerun = ingest_cli(settings, "--json", cwd=tmp_path)  # not the corpus's parent: the repository, its .env
     rerun_wall = time.perf_counter() - started
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["noop"]
@@ -192,13 +188,9 @@ def _store(kind: str, tmp: Path, source: Path) -> Iterator[tuple[Settings, Path]
         yield settings, tmp / "chroma"
 
 
-def _edit_cli(settings: Settings, tmp: Path) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHROMA_")}
-    env |= {"KNOWLEDGE_DIR": str(settings.knowledge_dir), "DATA_DIR": str(MODELS), "INDEX_DIR": str(settings.index_dir)}
-    if settings.chroma_host:
-        env |= {"CHROMA_HOST": settings.chroma_host, "CHROMA_PORT": str(settings.chroma_port)}
+def _edit_cli(settings: Settings) -> float:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "ingest", "--json"], env=env, cwd=tmp, capture_output=True, text=True)
+    done = ingest_cli(settings, "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["embedded"] >= 1
     return time.perf_counter() - started
@@ -230,7 +222,7 @@ def test_one_file_edit_at_1x_and_8x_the_helpcenter_corpus(store: str, embedder: 
                 assert report.changed == 1 and report.embedded >= 1
             after_disk = _disk(location)
             page.write_text(page.read_text() + "\n\nUpdate from the command line.\n")
-            cli = _edit_cli(settings, work)
+            cli = _edit_cli(settings)
         results[copies] = (first.chunks, statistics.median(walls), cli, after_disk / first_disk, first_disk)
     (small, small_wall, small_cli, small_disk, _), (large, large_wall, large_cli, large_disk, large_bytes) = (
         results[1],
@@ -272,7 +264,7 @@ def test_retrieval_from_chroma_at_10k_and_50k_passages(
     with _store(store, tmp_path, tmp_path / "docs") as (settings, _):
         spec = resolve_model(settings.embedding_model)
         sources: Counter[str] = Counter()
-        with writing_client(settings, 30) as client:
+        with store_client(settings, exclusive=True, wait_seconds=30) as client:
             collection = chunk_collection(client, spec.model_id, create=True)
             assert collection is not None
             for copy in range(-(-size // len(base))):
