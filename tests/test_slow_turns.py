@@ -20,7 +20,8 @@ import pytest
 from app.brain.holding import HOLD_LINE
 from app.testing.fake_openai import FakeOpenAI, Reply
 from app.testing.phone import CallRecord, LocalSwitchboard, Phone
-from tests.conftest import TARGETS
+from app.testing.speech_engine import SpeechEngineClient
+from tests.conftest import SECRET, TARGETS
 from tests.phone import dialled, messages_of, phone_call, tool_results
 
 MESSAGE = {"name": "Dana Smith", "callback_number": "(415) 555-0100", "message": "Please call me about my bill."}
@@ -199,3 +200,19 @@ async def test_documents_only_a_turn_sent_again_runs_no_tool_twice(
     ]
     ((_, form),) = twilio_api.call_updates
     assert dialled(form)[1] == [TARGETS["sales"]]
+
+
+async def test_the_engine_stand_in_drops_what_comes_for_a_turn_it_gave_up_on(serve, fake_model) -> None:
+    """As ElevenLabs drops responses of an abandoned or interrupted turn, so does the stand-in."""
+    fake_model.queue(Reply.text("A late answer.", first_token_delay=0.5), Reply.text("On time."))
+    settings = {"openai_base_url": fake_model.base_url, "openai_model": "fake-model"}
+    async with (
+        serve(**settings) as server,
+        await SpeechEngineClient.open(f"{server.ws_url}/ws", shared_secret=SECRET) as client,
+    ):
+        late = await client.say("hello?")
+        client.abandon(late)
+        await client.wait_for(lambda: client.dropped >= 2)  # the late answer's text and its final
+        on_time = await client.ask("are you there?")
+    assert client.answers[late].chunks == [] and client.answers[late].finals == 0
+    assert on_time.text == "On time."
