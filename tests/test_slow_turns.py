@@ -9,6 +9,7 @@ turn again at a chosen moment."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from app.brain.holding import HOLD_LINE
+from app.brain.holding import HOLD_LINE, holding
 from app.testing.fake_openai import FakeOpenAI, Reply
 from app.testing.phone import CallRecord, LocalSwitchboard, Phone
 from app.testing.speech_engine import SpeechEngineClient
@@ -104,6 +105,44 @@ async def test_a_fast_answer_gets_no_holding_line(make_settings, fake_model) -> 
         held = held_turns(board)
     assert turn.agent == "Autopay takes five dollars off every monthly bill."
     assert held == 0 and turn.retries == 0
+
+
+async def test_the_holding_line_does_not_interrupt_the_work_it_covers_and_comes_once() -> None:
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    async def slow() -> AsyncIterator[str]:
+        await release.wait()  # a tool, or a model's second round
+        finished.append("tool")
+        yield "Done."
+        yield " Anything else?"
+
+    pieces = holding(slow(), deadline=time.perf_counter(), spoken=lambda: False)
+    assert await anext(pieces) is None  # the deadline passed with nothing said
+    waiting = asyncio.ensure_future(anext(pieces))
+    release.set()
+    assert await waiting == "Done." and finished == ["tool"]
+    assert [piece async for piece in pieces] == [" Anything else?"]
+
+
+async def test_a_turn_given_up_while_it_holds_leaves_nothing_running() -> None:
+    closed = asyncio.Event()
+
+    async def never() -> AsyncIterator[str]:
+        try:
+            await asyncio.Event().wait()
+            yield "never said"
+        finally:
+            closed.set()
+
+    pieces = holding(never(), deadline=time.perf_counter(), spoken=lambda: False)
+    assert await anext(pieces) is None
+    waiting = asyncio.ensure_future(anext(pieces))
+    await asyncio.sleep(0)
+    waiting.cancel()  # the engine sent a new transcript: the turn is cancelled
+    await asyncio.gather(waiting, return_exceptions=True)
+    await pieces.aclose()
+    assert closed.is_set()  # the source was closed too (the autouse fixture checks for leaked tasks)
 
 
 # --- the engine sends a turn again --------------------------------------------------------------------
