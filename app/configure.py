@@ -2,9 +2,10 @@
 
 - The Speech Engine (SPEECH_ENGINE_ID) gets phone audio (ulaw_8000 in and out, the eleven_flash_v2
   voice model), `ws_url` = wss://<public host>/ws, request headers carrying SHARED_SECRET as
-  `x-api-key` and the call SID dynamic variable (sent by the bridge) as `x-call-sid`, and, when
-  GREETING is set, permission for the call to override its first message (the greeting). It reads
-  the engine back and says plainly if that permission must be given by hand.
+  `x-api-key` and the call SID dynamic variable (sent by the bridge) as `x-call-sid`, the
+  CASCADE_TIMEOUT_SECONDS the brain speaks within, and, when GREETING is set, permission for the
+  call to override its first message (the greeting). It reads the engine back and says plainly if
+  that permission must be given by hand.
 - The Twilio number (TWILIO_PHONE_NUMBER) sends its voice webhook to <PUBLIC_URL>/incoming-call
   (POST), and falls back to the Connect action route (apology, then FALLBACK_NUMBER) if that fails.
 
@@ -100,11 +101,18 @@ def engine_plan(settings: Settings, current: dict[str, Any]) -> tuple[list[Chang
             **{**tts, "agent_output_audio_format": PHONE_FORMAT, "model_id": VOICE_MODEL}
         ),
     }
+    # The SDK's update() has parameters for neither of these: they go as extra body fields.
+    extra: dict[str, Any] = {}
+    timeout = settings.cascade_timeout_seconds
+    if current.get("cascade_timeout_seconds") != timeout:
+        changes.append(Change("cascade_timeout_seconds", current.get("cascade_timeout_seconds"), timeout))
+        extra["cascade_timeout_seconds"] = timeout
     overrides = dict(current.get("overrides") or {})
     if settings.first_message and overrides.get("first_message") is not True:
         changes.append(Change("overrides.first_message", overrides.get("first_message"), True))
-        # The SDK's update() has no `overrides` parameter (only create() does): sent as an extra body field.
-        update["request_options"] = {"additional_body_parameters": {"overrides": {**overrides, "first_message": True}}}
+        extra["overrides"] = {**overrides, "first_message": True}
+    if extra:
+        update["request_options"] = {"additional_body_parameters": extra}
     return changes, update
 
 

@@ -120,6 +120,11 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
+        self.turns_held = Counter(
+            "switchboard_turns_held_total",
+            "Turns that said the holding line because their answer was slow to start",
+            registry=self.registry,
+        )
         self.abstentions = Counter(
             "switchboard_abstentions_total",
             "Turns by whether retrieval found nothing relevant",

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     elevenlabs_base_url: str | None = None
     speech_engine_id: str | None = None
     shared_secret: SecretStr | None = None
+    # How long the engine waits for the brain's first words before it abandons the turn and sends it
+    # again (the SDK allows 2-15); `make configure` sets it, and the brain speaks well inside it.
+    cascade_timeout_seconds: float = Field(8.0, ge=2, le=15)
 
     # The model: any OpenAI-compatible endpoint. No OPENAI_MODEL means answers come from retrieval alone.
     openai_api_key: SecretStr | None = None

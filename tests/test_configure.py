@@ -65,6 +65,7 @@ async def test_configures_engine_and_number(settings, fake_elevenlabs, twilio_ap
     assert engine["tts"]["agent_output_audio_format"] == "ulaw_8000"
     assert engine["tts"]["model_id"] == "eleven_flash_v2" and engine["tts"]["voice_id"] == "voice_1"
     assert engine["overrides"] == {"first_message": True}  # so the greeting can be sent
+    assert engine["cascade_timeout_seconds"] == settings.cascade_timeout_seconds == 8  # what the brain speaks within
     assert "by hand" not in output
     configured = number(twilio_api)
     assert configured["voice_url"] == f"{PUBLIC}/incoming-call" and configured["voice_method"] == "POST"
@@ -86,6 +87,7 @@ async def test_dry_run_prints_exactly_what_would_change_and_changes_nothing(
     assert "tts.model_id: 'eleven_turbo_v2' -> 'eleven_flash_v2'" in output
     assert "asr.user_input_audio_format: 'pcm_16000' -> 'ulaw_8000'" in output
     assert "overrides.first_message: (unset) -> True" in output
+    assert "cascade_timeout_seconds: 5 -> 8.0" in output
     assert f"voice_url: 'https://demo.twilio.com/welcome/voice/' -> '{PUBLIC}/incoming-call'" in output
     assert "voice_method" not in output  # already POST
     assert output.count("(dry run: nothing changed)") == 2
@@ -99,6 +101,14 @@ async def test_second_run_changes_nothing(settings, fake_elevenlabs, twilio_api)
     assert code == 0
     assert output.count("already set: nothing to change") == 2
     assert (len(fake_elevenlabs.engine_patches), len(twilio_api.number_updates)) == (patches, updates)
+
+
+async def test_the_cascade_timeout_is_the_one_the_brain_reads(make_settings, settings, fake_elevenlabs) -> None:
+    code, output = await run(make_settings(**{**settings.model_dump(), "cascade_timeout_seconds": 3.5}))
+    assert code == 0, output
+    assert fake_elevenlabs.engine["cascade_timeout_seconds"] == 3.5
+    (patch,) = fake_elevenlabs.engine_patches
+    assert patch["cascade_timeout_seconds"] == 3.5 and patch["overrides"] == {"first_message": True}
 
 
 async def test_a_greeting_the_api_cannot_allow_is_named_as_a_step_by_hand(settings, fake_elevenlabs) -> None:

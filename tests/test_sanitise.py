@@ -406,6 +406,7 @@ def test_basic_transcript() -> None:
         utterance="my boiler is leaking",
         history=(Message("user", "hi"), Message("agent", "Hello, how can I help?")),
         flags=frozenset({"control_chars"}),
+        turn=2,
     )
 
 

@@ -65,3 +65,10 @@ def test_webhook_urls_are_secrets_and_none_are_used_without_the_signing_secret()
         Settings(_env_file=None, smtp_url="smtp://mail.example:submission")
     mail = Settings(_env_file=None, notify_email_to="a@example.com, b@example.com", smtp_url="smtp://u:pw@mail.example")
     assert mail.email_enabled and mail.notify_email_to == ["a@example.com", "b@example.com"] and "pw" not in repr(mail)
+
+
+def test_the_cascade_timeout_is_one_the_speech_engine_accepts() -> None:
+    assert Settings(_env_file=None, cascade_timeout_seconds=2).cascade_timeout_seconds == 2
+    for wrong in (1.5, 16):
+        with pytest.raises(ValidationError, match="cascade_timeout_seconds"):
+            Settings(_env_file=None, cascade_timeout_seconds=wrong)

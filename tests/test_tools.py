@@ -73,11 +73,16 @@ async def toolbox() -> AsyncIterator[Callable[..., Awaitable[tuple[Toolbox, InPr
         await records.stop()
 
 
+def turn(n: int = 1) -> tuple[int, str]:
+    """The caller's n-th turn in the call: its number and words (a turn sent again has both the same)."""
+    return n, f"words of turn {n}"
+
+
 async def on_call(box: Toolbox, registry: InProcessCallRegistry, stream: Stream | None = None) -> CallTools:
     stream = stream or Stream()
     await registry.call_started(stream.control)
     tools = box.conversation(stream.control.call_sid)
-    await tools.begin_turn()
+    await tools.begin_turn(turn())
     return tools
 
 
@@ -131,7 +136,7 @@ async def test_tools_are_offered_only_when_their_prerequisites_hold(
         tools = await on_call(box, registry)
     else:
         tools = box.conversation(None)
-        await tools.begin_turn()
+        await tools.begin_turn(turn())
     assert tools.offered == offered
     system = Prompt(box.settings).system_for(offered)
     for name, rule in TOOL_RULES.items():
@@ -143,10 +148,10 @@ async def test_a_call_over_or_transferred_offers_no_call_tools(tmp_path, toolbox
     stream = Stream()
     tools = await on_call(box, registry, stream)
     await tools.run([call(TRANSFER_TOOL, {"department": "sales"})])
-    assert await tools.begin_turn() == (MESSAGE_TOOL,)
+    assert await tools.begin_turn(turn(2)) == (MESSAGE_TOOL,)
     stream.control.finish(EndReason.CALLER_HUNG_UP)
     await registry.call_ended(stream.control)
-    assert await tools.begin_turn() == (MESSAGE_TOOL,)
+    assert await tools.begin_turn(turn(3)) == (MESSAGE_TOOL,)
     await registry.close()
 
 
@@ -162,7 +167,7 @@ async def test_without_the_header_the_conversation_id_binds(tmp_path, toolbox) -
     await registry.call_started(Stream(conversation_id="conv_9").control)
     tools = box.conversation(None)
     tools.conversation_id = "conv_9"
-    assert TRANSFER_TOOL in await tools.begin_turn()
+    assert TRANSFER_TOOL in await tools.begin_turn(turn())
     assert tools.call is not None and tools.call.call_sid == SID
 
 
@@ -247,7 +252,7 @@ async def test_limits_one_transfer_one_end_three_messages(tmp_path, toolbox) -> 
 async def test_tools_not_offered_are_refused_even_if_called(tmp_path, toolbox) -> None:
     box, _ = await toolbox(tmp_path, **PHONE)
     tools = box.conversation(None)  # no call: transfer and end are not offered
-    await tools.begin_turn()
+    await tools.begin_turn(turn())
     await tools.run([call(TRANSFER_TOOL, {"department": "sales"}), call(END_TOOL, {"reason": "bye"})])
     assert tools.labels == ["not_offered", "not_offered"]
     assert box.actions.transfers_made == []  # type: ignore[attr-defined]
@@ -278,6 +283,80 @@ async def test_a_message_without_a_number_uses_the_callers(tmp_path, toolbox) ->
     (saved,) = await box.records.messages.since()  # type: ignore[union-attr]
     assert saved.callback_number == "+14155550100" and saved.call_sid == SID and saved.name == "Dana Smith"
     assert len(saved.message) == 500
+    await registry.close()
+
+
+# --- a turn sent again ---------------------------------------------------------------------------
+
+MESSAGE = {"name": "Dana", "callback_number": "(415) 555-0100", "message": "Call me back."}
+
+
+async def test_a_turn_sent_again_gets_its_first_attempts_effects_and_a_new_turn_acts(tmp_path, toolbox) -> None:
+    box, registry = await toolbox(tmp_path, **PHONE)
+    stream = Stream()
+    tools = await on_call(box, registry, stream)
+    first = await tools.run([call(MESSAGE_TOOL, MESSAGE), call(TRANSFER_TOOL, {"department": "sales"})])
+    assert tools.labels == ["accepted", "accepted"]
+    tools.end_turn()  # the attempt is over (cancelled, or its answer came too late)
+    # The engine gave up waiting and sent the same words again: the same tools are offered (the
+    # transfer is used up on the call, but not for this turn), and asking again changes nothing.
+    assert await tools.begin_turn(turn()) == (TRANSFER_TOOL, END_TOOL, MESSAGE_TOOL)
+    assert tools.line is None
+    again = await tools.run([call(MESSAGE_TOOL, MESSAGE), call(TRANSFER_TOOL, {"department": "sales"})])
+    assert tools.labels == ["repeated", "repeated"] and again == first
+    assert tools.line is not None  # the transfer is under way: said if the model says nothing
+    assert len(await box.records.messages.since()) == 1  # type: ignore[union-attr]
+    tools.end_turn()
+    stream.control.mark_echoed(stream.play())
+    async with asyncio.timeout(5):
+        await box.actions.done.wait()  # type: ignore[attr-defined]
+    # The next turn is a new request: it acts (and the call's limits still hold).
+    await tools.begin_turn(turn(2))
+    await tools.run([call(MESSAGE_TOOL, MESSAGE), call(TRANSFER_TOOL, {"department": "sales"})])
+    assert tools.labels == ["accepted", "not_offered"]
+    await registry.close()
+    assert len(await box.records.messages.since()) == 2  # type: ignore[union-attr]
+    assert box.actions.transfers_made == [(SID, "sales", None)]  # type: ignore[attr-defined]
+    assert counted(box, MESSAGE_TOOL, "repeated") == 1 and counted(box, MESSAGE_TOOL, "accepted") == 2
+
+
+async def test_a_refused_call_is_tried_again_and_a_second_call_of_a_tool_is_its_own(tmp_path, toolbox) -> None:
+    box, registry = await toolbox(tmp_path, **PHONE)
+    tools = await on_call(box, registry)
+    bad = {**MESSAGE, "callback_number": "555"}
+    await tools.run([call(MESSAGE_TOOL, bad), call(MESSAGE_TOOL, MESSAGE)])
+    assert tools.labels == ["invalid_number", "accepted"]
+    await tools.begin_turn(turn())
+    await tools.run([call(MESSAGE_TOOL, MESSAGE), call(MESSAGE_TOOL, MESSAGE), call(MESSAGE_TOOL, MESSAGE)])
+    assert tools.labels == ["accepted", "repeated", "accepted"]
+    assert len(await box.records.messages.since()) == 3  # type: ignore[union-attr]
+    await registry.close()
+
+
+async def test_a_retry_while_the_first_attempt_is_still_saving_waits_for_it(tmp_path, toolbox) -> None:
+    box, registry = await toolbox(tmp_path, **PHONE)
+    tools = await on_call(box, registry)
+    store = box.records.messages  # type: ignore[union-attr]
+    saving, release = asyncio.Event(), asyncio.Event()
+    add = store.add
+
+    async def slow_add(**fields: Any) -> Any:  # a records store that takes its time
+        saving.set()
+        await release.wait()
+        return await add(**fields)
+
+    store.add = slow_add  # type: ignore[method-assign]
+    first = asyncio.create_task(tools.run([call(MESSAGE_TOOL, MESSAGE)]))
+    await saving.wait()
+    first.cancel()  # the engine sent the turn again under a new event id, which cancels the attempt
+    await asyncio.gather(first, return_exceptions=True)
+    await tools.begin_turn(turn())
+    retry = asyncio.create_task(tools.run([call(MESSAGE_TOOL, MESSAGE)]))
+    release.set()
+    (result,) = await retry
+    assert tools.labels == ["repeated"] and json.loads(result)["ok"] is True
+    assert len(await store.since()) == 1
+    await tools.close()
     await registry.close()
 
 

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 
 import phonenumbers
 
+from app.brain.effects import TurnKey
 from app.brain.llm import ToolCall
 from app.brain.sanitise import SanitisedTranscript
+from app.brain.tools import ACTED
 from app.calls.registry import END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL
 from app.records.messages import DEFAULT_REGION, normalise_number
 from app.settings import Settings
@@ -59,12 +61,12 @@ class DocumentsOnlyTools:
         self.departments = list(settings.transfer_targets)
         self._ids = itertools.count(1)
 
-    async def act(self, transcript: SanitisedTranscript, tools: CallTools, done: Note) -> str | None:
+    async def act(self, transcript: SanitisedTranscript, turn: TurnKey, tools: CallTools, done: Note) -> str | None:
         """What to say when this turn is a tool request (after running it), or None for a question.
 
         `done(tool, outcome)` is told each tool call's outcome, for the turn's record.
         """
-        offered = await tools.begin_turn()
+        offered = await tools.begin_turn(turn)
         said = transcript.utterance
         step = _last_agent_line(transcript)
         if step.endswith((NAME_QUESTION, NUMBER_QUESTION, MESSAGE_QUESTION)):
@@ -117,7 +119,7 @@ class DocumentsOnlyTools:
         call = ToolCall(f"rule_{next(self._ids)}", name, json.dumps(arguments))
         await tools.run([call])
         done(name, tools.labels[0])
-        return tools.labels[0] == "accepted"
+        return tools.labels[0] in ACTED
 
 
 def _names(department: str, said: str) -> bool:

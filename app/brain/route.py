@@ -85,10 +85,12 @@ async def brain_ws() -> Any:
         return "unauthorized\n", 401
     await websocket.accept()
     session = SpeechEngineSession(QuartSocket(websocket._get_current_object()))
-    Conversation(svc, session, websocket.headers.get(CALL_SID_HEADER)).wire()
+    conversation = Conversation(svc, session, websocket.headers.get(CALL_SID_HEADER))
+    conversation.wire()
     try:
         await session.run()
     finally:
+        await conversation.close()
         log.info("brain session ended", extra={"conversation_id": session.conversation_id})
 
 
@@ -104,6 +106,10 @@ class Conversation:
         self.session.on("init", self.on_init)
         self.session.on("user_transcript", self.on_transcript)
         self.session.on("error", self.on_error)
+
+    async def close(self) -> None:
+        if self.tools is not None:
+            await self.tools.close()
 
     async def on_init(self, conversation_id: str | None) -> None:
         if self.tools is not None:

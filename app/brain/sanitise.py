@@ -99,6 +99,7 @@ class SanitisedTranscript:
     utterance: str
     history: tuple[Message, ...]
     flags: frozenset[str]
+    turn: int  # the caller's turns so far, this one included: where the utterance is in the call
 
 
 # --------------------------------------------------------------------------
@@ -529,4 +530,5 @@ def sanitise_transcript(
         flags.add(FLAG_EMPTY)
 
     history = _fit_history(earlier, max_history_chars, flags)
-    return SanitisedTranscript(utterance=utterance, history=history, flags=frozenset(flags))
+    turn = sum(1 for role, _ in turns if role == "user")
+    return SanitisedTranscript(utterance=utterance, history=history, flags=frozenset(flags), turn=turn)

@@ -8,7 +8,8 @@ call is logged, counted, and explained to the model in the tool result.
 
 A tool acts only on the call its conversation is bound to (`CallTools` holds that binding; no
 argument names a call). Transfer and hang-up wait until the caller has heard the agent's line;
-the keypad's `0` transfers to the first department at once, without the model.
+the keypad's `0` transfers to the first department at once, without the model. A turn the Speech
+Engine sends again gets the effects of its first attempt instead of acting twice (`effects`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from app.brain.effects import TurnEffects, TurnKey
 from app.brain.llm import ToolCall
 from app.calls.control import CallControl, EndReason
 from app.calls.registry import (
@@ -49,9 +51,12 @@ GAP_TOOL = "report_unanswered_question"
 TOOL_ORDER = (TRANSFER_TOOL, END_TOOL, MESSAGE_TOOL, GAP_TOOL)
 MAX_QUESTION_CHARS = 300
 # What the caller hears when the model armed a transfer or a hang-up but said nothing itself.
-ACTION_LINES = {TRANSFER_TOOL: "One moment, I'll put you through now.", END_TOOL: "Thank you for calling. Goodbye."}
+ACTION_LINES = {TRANSFER_TOOL: "I'll put you through now.", END_TOOL: "Thank you for calling. Goodbye."}
+# Outcomes of a tool call that did what was asked: now, or in an earlier attempt at the same turn.
+ACTED = frozenset({"accepted", "repeated"})
 KEYPAD_DIGIT = "0"
 BIND_TIMEOUT_S = 2.0
+EFFECTS_CLOSE_TIMEOUT_S = 5.0  # a conversation that ends lets its tool calls under way finish
 _CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -287,6 +292,7 @@ class CallTools:
         self._waited = False
         self._line: Line | None = None
         self._messages_without_call = 0
+        self._effects: TurnEffects[Outcome] = TurnEffects()
 
     @property
     def call(self) -> LiveCall | None:
@@ -302,24 +308,32 @@ class CallTools:
         """What to say when this turn armed an action and the model said nothing (None: no action)."""
         return ACTION_LINES[self._acting] if self._acting else None
 
-    async def begin_turn(self) -> tuple[str, ...]:
-        """Bind to the call if not yet bound, note where this turn's audio starts; returns the offer."""
+    async def begin_turn(self, turn: TurnKey) -> tuple[str, ...]:
+        """Bind to the call if not yet bound, note where this turn's audio starts; returns the offer
+        (for a turn sent again, what its first attempt was offered)."""
         call = await self._bind()
+        self._effects.begin(turn)
         self._acting = None
         self.unanswered = None
         self._line = call.line() if call is not None else None
-        messages_left = (
-            call.used(MESSAGE_TOOL) < CALL_LIMITS[MESSAGE_TOOL]
-            if call is not None
-            else self._messages_without_call < CALL_LIMITS[MESSAGE_TOOL]
-        )
-        self.offered = self.box.offer(call, messages_left)
+        if self._effects.offered is None:
+            messages_left = (
+                call.used(MESSAGE_TOOL) < CALL_LIMITS[MESSAGE_TOOL]
+                if call is not None
+                else self._messages_without_call < CALL_LIMITS[MESSAGE_TOOL]
+            )
+            self._effects.offered = self.box.offer(call, messages_left)
+        self.offered = self._effects.offered
         return self.offered
 
     def end_turn(self) -> None:
         """The turn's text has all gone out (or it was interrupted): its line can now be heard."""
         if self._line is not None:
             self._line.spoken.set()
+
+    async def close(self) -> None:
+        """The conversation is over: tool calls under way finish (a message is saved, a transfer armed)."""
+        await self._effects.close(EFFECTS_CLOSE_TIMEOUT_S)
 
     async def _bind(self) -> LiveCall | None:
         if self._call is not None:
@@ -351,8 +365,10 @@ class CallTools:
             outcome = await self._run(call)
             self.labels.append(outcome.label)
             self.box.count(call.name, outcome.label)
-            if outcome.accepted:
-                log.info("tool %s accepted", call.name, extra=self._extra())
+            if outcome.label in ACTED:
+                if call.name in ACTION_LINES:
+                    self._acting = call.name
+                log.info("tool %s %s", call.name, outcome.label, extra=self._extra())
             else:
                 log.warning(
                     "tool call %s rejected (%s): %s",
@@ -376,12 +392,16 @@ class CallTools:
             args = model.model_validate_json(call.arguments or "{}")
         except ValidationError as exc:
             return _no("invalid_arguments", _describe(exc))
-        if call.name == TRANSFER_TOOL:
-            return await self._transfer(args.department)  # type: ignore[attr-defined]
-        if call.name == END_TOOL:
-            return await self._end()
-        if call.name == GAP_TOOL:
+        if call.name == GAP_TOOL:  # notes this attempt's question in its own record: nothing to do twice
             return self._gap(args.question)  # type: ignore[attr-defined]
+        outcome, repeated = await self._effects.once(call.name, lambda: self._act(call.name, args))
+        return Outcome("repeated", outcome.content) if repeated else outcome
+
+    async def _act(self, name: str, args: BaseModel) -> Outcome:
+        if name == TRANSFER_TOOL:
+            return await self._transfer(args.department)  # type: ignore[attr-defined]
+        if name == END_TOOL:
+            return await self._end()
         return await self._message(args)  # type: ignore[arg-type]
 
     def _gap(self, question: str) -> Outcome:
@@ -399,7 +419,6 @@ class CallTools:
         claimed = await call.claim(TRANSFER_TOOL, conflicts=(END_TOOL,))
         if claimed != "accepted":
             return _refused(claimed, "The caller has already been transferred once on this call.")
-        self._acting = TRANSFER_TOOL
         call.after_line(CallAction("transfer", department), self._line)
         return _ok(
             f"The caller will be transferred to {department} as soon as they have heard you. If you have not told "
@@ -412,7 +431,6 @@ class CallTools:
         claimed = await call.claim(END_TOOL, conflicts=(TRANSFER_TOOL,))
         if claimed != "accepted":
             return _refused(claimed, "The call is already ending.")
-        self._acting = END_TOOL
         call.after_line(CallAction("end"), self._line)
         return _ok(
             "The call will end once the caller has heard you. If you have not said goodbye yet, say it in one "

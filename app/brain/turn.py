@@ -6,7 +6,9 @@ hears when a step fails.
 
 With tools, a model round that ends in tool calls is followed by another round that sees their
 results (at most MAX_TOOL_ROUNDS such rounds per turn); text from every round streams straight
-through. The tools themselves are gated in `tools`.
+through. The tools themselves are gated in `tools`, and a turn the Speech Engine sends again (it
+gave up waiting) gets the effects its first attempt had (`effects`). A turn slow to start says the
+holding line first (`holding`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.brain.documents_only import DocumentsOnlyTools
+from app.brain.holding import HOLD_LINE, hold_after, holding
 from app.brain.llm import LLM, LLMError, ToolCall
 from app.brain.prompt import Prompt
 from app.brain.query import retrieval_query
@@ -27,7 +30,7 @@ from app.brain.sanitise import HOSTILE_FLAGS, SanitisedTranscript, sanitise_tran
 from app.brain.small_talk import small_talk
 from app.brain.speech_filter import SpeechFilter
 from app.brain.spoken_fallback import CANNOT_LOOK_UP, NO_ANSWER, extractive_answer
-from app.brain.tools import GAP_TOOL, CallTools
+from app.brain.tools import ACTED, GAP_TOOL, CallTools
 from app.knowledge.retrieval import Passage, Retrieval, Retriever
 from app.observability import Metrics
 from app.records.events import TurnDone
@@ -56,6 +59,7 @@ class TurnRecord:
     timing: dict[str, float] = field(default_factory=dict)
     outcome: str = "answered"
     fallback: str | None = None
+    held: bool = False  # the holding line went out before the answer
     flags: frozenset[str] = frozenset()
     follow_up: bool = False
     abstained: bool | None = None
@@ -107,6 +111,8 @@ class TurnRecord:
     def finish(self, metrics: Metrics) -> None:
         self.timing["total_s"] = time.perf_counter() - self.started
         metrics.turns.labels(self.outcome).inc()
+        if self.held:
+            metrics.turns_held.inc()
         for flag in self.flags:
             metrics.sanitiser_flags.labels(flag).inc()
         if self.abstained is not None:
@@ -130,6 +136,7 @@ class TurnRecord:
                 "event_id": self.event_id,
                 "flags": sorted(self.flags) or None,
                 "follow_up": self.follow_up or None,
+                "held": self.held or None,
                 "abstained": self.abstained,
                 "sources": [f"{p.source}:{p.similarity:.2f}" for p in self.passages[:3]] or None,
                 "tools": [f"{t['tool']}:{t['decision']}" for t in self.tools] or None,
@@ -147,21 +154,27 @@ class TurnPipeline:
         self.prompt = prompt
         self.retriever = retriever
         self.documents_only = DocumentsOnlyTools(settings)
+        self.hold_after = hold_after(settings.cascade_timeout_seconds)
 
     async def answer(
         self, transcript: Sequence[Any], record: TurnRecord, tools: CallTools | None = None
     ) -> AsyncIterator[str]:
         """Yield the spoken answer. Whatever fails, the caller hears something.
 
-        Every piece passes the turn's speech filter. The first piece goes out the moment the filter
-        lets it; after that, model tokens are gathered into pieces of a few words ending at a word
-        boundary, which is all text-to-speech needs and a fraction of the messages (each one costs
-        a WebSocket frame on a shared event loop).
+        Every piece passes the turn's speech filter, the holding line too. The first piece goes out
+        the moment the filter lets it; after that, model tokens are gathered into pieces of a few
+        words ending at a word boundary, which is all text-to-speech needs and a fraction of the
+        messages (each one costs a WebSocket frame on a shared event loop).
         """
         pending = ""
         spoken = SpeechFilter()
+        pieces = holding(
+            self._answer(transcript, record, tools), record.started + self.hold_after, lambda: record.chunks > 0
+        )
         try:
-            async for raw in self._answer(transcript, record, tools):
+            async for raw in pieces:
+                if raw is None:
+                    record.held, raw = True, HOLD_LINE
                 text = spoken.feed(raw)
                 if not text:
                     continue
@@ -188,6 +201,7 @@ class TurnPipeline:
             record.sent(text)
             yield text
         finally:
+            await pieces.aclose()
             if tools is not None:
                 tools.end_turn()
 
@@ -208,8 +222,9 @@ class TurnPipeline:
             yield DID_NOT_CATCH
             return
         query, record.follow_up = retrieval_query(clean)
+        turn = (clean.turn, clean.utterance)
         if not self.llm.enabled and tools is not None:
-            line = await self.documents_only.act(clean, tools, record.tool)
+            line = await self.documents_only.act(clean, turn, tools, record.tool)
             if line is not None:
                 record.outcome, record.fallback = "documents_only", "no model"
                 yield line
@@ -219,7 +234,7 @@ class TurnPipeline:
             yield CANNOT_LOOK_UP
             return
         # Finding the call may ask Redis (shared call state): do it while retrieval runs, not after.
-        binding = asyncio.ensure_future(tools.begin_turn()) if tools is not None and self.llm.enabled else None
+        binding = asyncio.ensure_future(tools.begin_turn(turn)) if tools is not None and self.llm.enabled else None
         try:
             retrieval = await self.retriever.retrieve(query)
             record.retrieved(retrieval)
@@ -293,7 +308,7 @@ class TurnPipeline:
             record.unanswered = tools.unanswered or record.unanswered
             if spoke and all(call.name == GAP_TOOL for call in calls):
                 break  # the answer is said; noting the gap needs nothing more from the model
-            acted = acted or "accepted" in tools.labels
+            acted = acted or any(label in ACTED for label in tools.labels)
             messages = [
                 *messages,
                 {"role": "assistant", "content": "".join(said) or None, "tool_calls": [c.message() for c in calls]},

@@ -69,6 +69,7 @@ class Turn:
     first_audio_ms: float | None = None  # the caller's audio sent → the agent's first audio heard
     total_ms: float | None = None  # the caller's words recognised → the agent's whole answer
     tools: list[str] = field(default_factory=list)
+    retries: int = 0  # the engine gave up waiting for the brain's first words and sent the turn again
 
 
 @dataclass
@@ -240,6 +241,8 @@ class Phone:
                 kind, value = await self.happenings.get()
                 if kind == "heard":
                     heard_at = value.at
+                elif kind == "retried":
+                    turn.retries += 1
                 elif kind == "said":
                     if turn.first_chunk_ms is None:
                         turn.first_chunk_ms = _ms(value.at - heard_at)
@@ -318,6 +321,8 @@ def _timings(turn: Turn) -> str:
     if turn.total_ms is not None:
         parts.append(f"answer {turn.total_ms:.0f} ms")
     parts += [f"tool: {tool}" for tool in turn.tools]
+    if turn.retries:
+        parts.append(f"the engine gave up waiting and sent it again {turn.retries}x")
     return f"   [{' · '.join(parts)}]" if parts else ""
 
 

@@ -2,7 +2,10 @@
 
 It connects with the same headers (the JWT minted as ElevenLabs mints it, plus the engine's
 `request_headers`), sends init / user_transcript with the whole history and rising event ids /
-ping / close, and collects the agent_response messages per event id.
+ping / close, and collects the agent_response messages per event id. A turn can be sent again
+(`resend`, as the engine does when the brain is slow) and a turn's event id given up (`abandon`:
+what still comes for it is dropped, as the engine drops responses of an interrupted or abandoned
+turn).
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ class SpeechEngineClient:
         self.pongs = 0
         self.closed = False
         self.other: list[Any] = []
+        self.dropped = 0  # agent_response messages of abandoned turns
+        self._abandoned: set[int] = set()
+        self._sent: dict[int, list[dict[str, str]]] = {}
         self._next_event_id = 1
         self._updates = asyncio.Condition()
         self._reader: asyncio.Task[None] | None = None
@@ -121,6 +127,8 @@ class SpeechEngineClient:
                 msg = json.loads(raw)
                 if msg.get("type") == "pong":
                     self.pongs += 1
+                elif msg.get("type") == "agent_response" and msg["event_id"] in self._abandoned:
+                    self.dropped += 1
                 elif msg.get("type") == "agent_response":
                     answer = self.answers.setdefault(msg["event_id"], Answer(msg["event_id"]))
                     if msg["is_final"]:
@@ -147,14 +155,37 @@ class SpeechEngineClient:
     async def init(self, conversation_id: str = "conv_test") -> None:
         await self.send_json({"type": "init", "conversation_id": conversation_id})
 
-    async def say(self, text: str) -> int:
-        """Send the caller's utterance with the whole history; returns its event id."""
+    async def say(self, text: str, event_id: int | None = None) -> int:
+        """Send the caller's utterance with the whole history; returns its event id (the next one
+        unless given: an engine numbers its events across both sockets)."""
         self.history.append({"role": "user", "content": text})
-        event_id = self._next_event_id
-        self._next_event_id += 1
-        self.answers[event_id] = Answer(event_id, sent_at=time.perf_counter())
-        await self.send_json({"type": "user_transcript", "user_transcript": list(self.history), "event_id": event_id})
+        if event_id is None:
+            event_id = self._next_event_id
+        self._next_event_id = max(self._next_event_id, event_id + 1)
+        await self._send_turn(list(self.history), event_id)
         return event_id
+
+    async def resend(self, event_id: int, new_event_id: int | None = None) -> int:
+        """Send a turn again, as it was sent: under its own event id, or under a new one (the old one
+        is then abandoned). Returns the event id the answer now comes under."""
+        if new_event_id is None:  # what comes under the id from now on is the answer
+            self.answers[event_id] = Answer(event_id, sent_at=time.perf_counter())
+            self._finals[event_id].clear()
+            await self._send_turn(self._sent[event_id], event_id)
+            return event_id
+        self.abandon(event_id)
+        self._next_event_id = max(self._next_event_id, new_event_id + 1)
+        await self._send_turn(self._sent[event_id], new_event_id)
+        return new_event_id
+
+    def abandon(self, event_id: int) -> None:
+        """Give up on a turn: whatever still comes for it is dropped."""
+        self._abandoned.add(event_id)
+
+    async def _send_turn(self, transcript: list[dict[str, str]], event_id: int) -> None:
+        self._sent[event_id] = transcript
+        self.answers[event_id] = self.answers.get(event_id) or Answer(event_id, sent_at=time.perf_counter())
+        await self.send_json({"type": "user_transcript", "user_transcript": transcript, "event_id": event_id})
 
     async def final(self, event_id: int, timeout: float = 10.0) -> Answer:
         """Wait for the answer's final message, and record it in the history as ElevenLabs would."""
