@@ -83,13 +83,18 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
-    """One handler on the root logger, to stderr unless `stream` is given (make call: a log file)."""
+def log_handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:
+    """The handler the server logs through: `text` or `json` lines, to stderr unless `stream` is given."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_ContextFilter())
+    return handler
+
+
+def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
+    """One handler on the root logger, to stderr unless `stream` is given (make call: a log file)."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [log_handler(fmt, stream)]
     root.setLevel(level)
     # Library chatter at INFO would drown the one-line-per-turn record.
     for noisy in ("httpx", "httpcore", "hypercorn.access", "chromadb", "sentence_transformers"):

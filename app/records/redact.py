@@ -45,6 +45,7 @@ _TEENS |= {"sixteen": "16", "seventeen": "17", "eighteen": "18", "nineteen": "19
 _TENS = {"twenty": "2", "thirty": "3", "forty": "4", "fourty": "4", "fifty": "5", "sixty": "6"}
 _TENS |= {"seventy": "7", "eighty": "8", "ninety": "9"}
 _REPEAT = {"double": 2, "triple": 3}
+_SPOKEN = _UNITS | _TEENS | {word: tens + "0" for word, tens in _TENS.items()}
 _ZEROS = frozenset({"oh", "o"})  # zero only beside other digits: "oh, hi" is not a number
 
 # Between the groups of one number: said or written separators, and fillers.
@@ -107,11 +108,11 @@ _TOKEN = re.compile(
     r"(?P<amount>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d{1,2}(?![\d.]))|(?P<word>\w+(?:['’]\w+)*)|(?P<mark>\S)"
 )
 _IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?:[ ]?[A-Za-z0-9]){11,30}\b")
-# Most turns have no digit, number word or key word: they skip the tokenizer.
-_HINT = re.compile(
-    r"\d|\b(?:"
-    + "|".join(sorted({*_UNITS, *_TEENS, *_TENS, *_REPEAT, *(w for w in _KEY_LAST if w.isalnum())}))
-    + r")\b",
+# Most text holds no digit, fewer than two number words and no password: it skips the tokenizer.
+_NUMBER_WORDS = re.compile(r"\b(?:" + "|".join(sorted({*_UNITS, *_TEENS, *_TENS, *_REPEAT})) + r")\b", re.IGNORECASE)
+_DIGIT = re.compile(r"\d")
+_PASSWORD_HINT = re.compile(
+    r"\b(?:" + "|".join(sorted({words[-1] for words, kind in _KEYS.items() if kind == "password"})) + r")\b",
     re.IGNORECASE,
 )
 _MARKER_TEXT = CALLER_QUOTE_PREFIX.strip()
@@ -136,29 +137,20 @@ class _Span:
 
 def _tokens(text: str) -> list[_Token]:
     tokens: list[_Token] = []
-    lowered = text.lower()
-    for match in _TOKEN.finditer(lowered):
+    append = tokens.append
+    for match in _TOKEN.finditer(text.lower()):
         kind = match.lastgroup or "mark"
         word = match.group()
-        start = match.start()
-        if kind == "word" and word[-2:] in ("'s", "’s") and word[:-2] in _KEY_LAST:
-            # "my PIN's 4321": the key word, then its glue.
-            tokens += [
-                _Token(word[:-2], start, match.end() - 2, "word"),
-                _Token("'s", match.end() - 2, match.end(), "word"),
-            ]
-            continue
-        token = _Token(word, start, match.end(), kind)
-        if kind == "word":
-            if word.isdigit():
-                token.kind, token.digits = "digits", word
-            elif word in _UNITS:
-                token.digits = _UNITS[word]
-            elif word in _TEENS:
-                token.digits = _TEENS[word]
-            elif word in _TENS:
-                token.digits = _TENS[word] + "0"
-        tokens.append(token)
+        start, end = match.span()
+        if kind != "word":
+            append(_Token(word, start, end, kind))
+        elif word.isdigit():
+            append(_Token(word, start, end, "digits", word))
+        elif word[-2:] in ("'s", "’s") and word[:-2] in _KEY_LAST:  # "my PIN's 4321": the key, then its glue
+            append(_Token(word[:-2], start, end - 2, "word"))
+            append(_Token("'s", end - 2, end, "word"))
+        else:
+            append(_Token(word, start, end, "word", _SPOKEN.get(word, "")))
     _combine(tokens)
     return tokens
 
@@ -186,6 +178,11 @@ class _Run:
         return "".join("".join(part) for part in self.parts)
 
 
+_STRONG = frozenset(",.;:") | _FILLERS | _JOINERS  # a pause or a join: where a part of a number may end
+_GAP_MARKS = _SEPARATOR_MARKS | _CLAUSE_END
+_GAP_WORDS = _SEPARATOR_WORDS | _FILLERS | _JOINERS
+
+
 def _runs(tokens: list[_Token]) -> list[_Run]:
     runs: list[_Run] = []
     i, n = 0, len(tokens)
@@ -196,33 +193,32 @@ def _runs(tokens: list[_Token]) -> list[_Run]:
             continue
         parts: list[list[str]] = [[token.digits]]
         last = i
-        j = i + 1
-        gap: list[_Token] = []
-        while j < n:
+        gap = gap_words = 0
+        strong = False
+        for j in range(i + 1, n):
             t = tokens[j]
-            if t.kind == "joined":
-                j += 1
+            kind = t.kind
+            if kind == "joined":
                 continue
             if t.digits:
-                strong = any(g.text in ",.;:" or g.text in _FILLERS or g.text in _JOINERS for g in gap)
                 if strong:
                     parts.append([t.digits])
-                elif gap or t.kind == "digits" or tokens[last].kind == "digits":
+                elif gap or kind == "digits" or tokens[last].kind == "digits":
                     parts[-1].append(t.digits)
                 else:
                     parts[-1][-1] += t.digits  # "four one one one": one group
-                last, gap = j, []
-                j += 1
+                last, gap, gap_words, strong = j, 0, 0, False
                 continue
-            if t.kind == "mark" and (t.text in _SEPARATOR_MARKS or t.text in _CLAUSE_END):
-                gap.append(t)
-            elif t.kind == "word" and (t.text in _SEPARATOR_WORDS or t.text in _FILLERS or t.text in _JOINERS):
-                gap.append(t)
+            if kind == "mark" and t.text in _GAP_MARKS:
+                gap += 1
+            elif kind == "word" and t.text in _GAP_WORDS:
+                gap += 1
+                gap_words += 1
             else:
                 break
-            if sum(g.kind == "word" for g in gap) > _JOINERS_MAX or len(gap) > _JOINERS_MAX + 3:
+            strong = strong or t.text in _STRONG
+            if gap_words > _JOINERS_MAX or gap > _JOINERS_MAX + 3:
                 break
-            j += 1
         runs.append(_Run(i, last, parts))
         i = last + 1
     return runs
@@ -418,8 +414,19 @@ def _iban_spans(text: str) -> list[_Span]:
     return [_Span(m.start(), m.end(), ACCOUNT, m.group()) for m in _IBAN.finditer(text) if iban.is_valid(m.group())]
 
 
+def _could_hold_secret(text: str) -> bool:
+    return _PASSWORD_HINT.search(text) is not None or _could_hold_digits(text)
+
+
+def _could_hold_digits(text: str) -> bool:
+    if _DIGIT.search(text):
+        return True
+    words = _NUMBER_WORDS.finditer(text)
+    return next(words, None) is not None and next(words, None) is not None
+
+
 def _spans(text: str) -> list[_Span]:
-    if not _HINT.search(text):
+    if not _could_hold_secret(text):
         return []
     tokens = _tokens(text)
     spans = _run_spans(text, tokens) + _password_spans(tokens) + _iban_spans(text)
@@ -482,7 +489,7 @@ def redact_turns(said: Sequence[str], others: Sequence[str] = ()) -> tuple[list[
 
 
 def _repeats_cleared(text: str, secrets: list[str]) -> str:
-    if not secrets:
+    if not secrets or not _could_hold_digits(text):
         return text
     tokens = _tokens(text)
     repeated = [
