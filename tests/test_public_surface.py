@@ -1,0 +1,208 @@
+"""What the server shows to whom: readiness details and metrics to this machine only (or to a bearer of
+METRICS_TOKEN), nothing internal to a client outside, which the test makes in a network namespace
+of its own (a veth pair with private addresses) so no traffic leaves this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app import create_app
+from app.testing.live_server import LiveServer
+from tests.servers import free_port, missing, nginx_in_front
+
+TOKEN = "metrics-token-for-tests"
+ASK_FROM_OUTSIDE = """
+import json, sys, httpx
+base, token = sys.argv[1], sys.argv[2]
+seen = {}
+with httpx.Client(timeout=10, trust_env=False) as http:
+    for name, path, headers in [
+        ("readyz", "/readyz", {}),
+        ("metrics", "/metrics", {}),
+        ("metrics_wrong_token", "/metrics", {"Authorization": "Bearer not-the-token"}),
+        ("metrics_token", "/metrics", {"Authorization": "Bearer " + token}),
+    ]:
+        answer = http.get(base + path, headers=headers)
+        seen[name] = [answer.status_code, answer.text[:2000]]
+print(json.dumps(seen))
+"""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A /30 in 10.0.0.0/8 that no interface of this machine uses."""
+    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+    taken = [ipaddress.ip_interface(word).network for word in used.split() if "/" in word and word[0].isdigit()]
+    while True:
+        net = ipaddress.ip_network(f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.{4 * random.randint(0, 63)}/30")
+        if not any(net.overlaps(other) for other in taken):
+            return net
+
+
+@contextlib.contextmanager
+def outside() -> Iterator[tuple[str, str]]:
+    """A network namespace joined to this one by a veth pair: yields (namespace, the host end's address)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        missing("root and iproute2's `ip` (for a network namespace)")
+    tag = f"{os.getpid() % 10000}{random.randint(0, 999)}"
+    namespace, host_end, far_end = f"sb-test-{tag}", f"sbh{tag}", f"sbn{tag}"
+    net = _free_subnet()
+    host_address, far_address = (str(a) for a in list(net.hosts())[:2])
+    _ip("netns", "add", namespace)
+    try:
+        _ip("link", "add", host_end, "type", "veth", "peer", "name", far_end)
+        _ip("link", "set", far_end, "netns", namespace)
+        _ip("addr", "add", f"{host_address}/30", "dev", host_end)
+        _ip("link", "set", host_end, "up")
+        _ip("-n", namespace, "addr", "add", f"{far_address}/30", "dev", far_end)
+        _ip("-n", namespace, "link", "set", far_end, "up")
+        _ip("-n", namespace, "link", "set", "lo", "up")
+        yield namespace, host_address
+    finally:
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=20)
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=20)
+
+
+async def ask_from(namespace: str, base: str) -> dict[str, Any]:
+    process = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", namespace, sys.executable, "-c", ASK_FROM_OUTSIDE, base, TOKEN,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return json.loads(out)
+
+
+@pytest.fixture
+def unready(make_settings: Any) -> Any:
+    """A server that is not ready because its Redis is not there: its reason names a host and port."""
+    return make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", metrics_token=TOKEN)
+
+
+async def not_ready(server: LiveServer, url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(trust_env=False) as http, asyncio.timeout(30):
+        while (answer := await http.get(url)).status_code != 503 or "reason" not in answer.json():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    return answer.json()
+
+
+async def test_outside_readyz_says_only_ready_and_metrics_need_the_token(unready: Any) -> None:
+    with outside() as (namespace, host_address):
+        sock = socket.socket()
+        sock.bind((host_address, 0))
+        async with LiveServer(create_app(unready), sock) as server:
+            seen = await ask_from(namespace, server.http_url)
+    status, body = seen["readyz"]
+    assert status == 503 and json.loads(body) == {"ready": False}
+    assert seen["metrics"][0] in (401, 403) and "switchboard_" not in seen["metrics"][1]
+    assert seen["metrics_wrong_token"][0] == 401
+    assert seen["metrics_token"][0] == 200 and "switchboard_turns_total" in seen["metrics_token"][1]
+
+
+async def test_this_machine_sees_why_and_a_proxied_request_does_not(unready: Any) -> None:
+    async with LiveServer(create_app(unready)) as server:
+        detail = await not_ready(server, f"{server.http_url}/readyz")
+        async with httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http:
+            metrics = await http.get("/metrics")
+            proxied = [
+                await http.get(path, headers={header: "203.0.113.7"})
+                for header in ("X-Forwarded-For", "X-Real-IP", "Forwarded")
+                for path in ("/readyz", "/metrics")
+            ]
+    port = unready.redis_url.get_secret_value().rsplit(":", 1)[1].split("/")[0]
+    assert detail["ready"] is False and port in detail["reason"]  # this machine is told which Redis
+    assert metrics.status_code == 200 and "switchboard_turns_total" in metrics.text
+    for readyz, metrics_answer in zip(proxied[::2], proxied[1::2], strict=True):
+        assert readyz.json() == {"ready": False}
+        assert metrics_answer.status_code == 401
+
+
+async def test_behind_the_readmes_nginx_every_request_is_from_outside(unready: Any) -> None:
+    async with LiveServer(create_app(unready)) as server:
+        await not_ready(server, f"{server.http_url}/readyz")
+        with nginx_in_front([server.port]) as front:
+            async with httpx.AsyncClient(base_url=front, trust_env=False) as http:
+                readyz, metrics = await http.get("/readyz"), await http.get("/metrics")
+                with_token = await http.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert readyz.status_code == 503 and readyz.json() == {"ready": False}
+    assert metrics.status_code == 401 and with_token.status_code == 200
+
+
+# --- request bodies -------------------------------------------------------------------------------
+
+
+async def trickle(
+    server: LiveServer, path: str, length: int, seconds_per_byte: float, headers: str = ""
+) -> tuple[bytes, int]:
+    """POST a form a byte at a time; returns the server's answer and how many body bytes had been sent."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: switchboard.example\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        f"{headers}Content-Length: {length}\r\n\r\n"
+    )
+    writer.write(head.encode())
+    sent = 0
+
+    async def drip() -> None:
+        nonlocal sent
+        with contextlib.suppress(ConnectionError):
+            while sent < length:
+                writer.write(b"a")
+                await writer.drain()
+                sent += 1
+                await asyncio.sleep(seconds_per_byte)
+
+    dripping = asyncio.create_task(drip(), name="trickle")
+    try:
+        async with asyncio.timeout(length * seconds_per_byte):
+            answer = await reader.read(1024)
+            cut_at = sent
+    finally:
+        dripping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dripping
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return answer, cut_at
+
+
+def test_a_request_body_has_ten_seconds_to_arrive() -> None:
+    from app import BODY_TIMEOUT_S
+
+    assert BODY_TIMEOUT_S == 10
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [("/incoming-call", ""), ("/admin/gaps/1/handled", "Authorization: Basic YWRtaW46cHc=\r\n")],  # admin:pw
+)
+async def test_a_trickled_body_is_cut_before_any_work(make_settings: Any, path: str, headers: str) -> None:
+    app = create_app(make_settings(admin_password="pw", twilio_auth_token="t", public_url="https://x.example"))
+    app.config["BODY_TIMEOUT"] = 1  # the same bound, shorter, so the test need not wait 10 s
+    async with LiveServer(app) as server:
+        answer, cut_at = await trickle(server, path, length=600, seconds_per_byte=0.05, headers=headers)
+        rejected = server.app.extensions["switchboard"].metrics.registry.get_sample_value(
+            "switchboard_twilio_rejected_total", {"reason": "signature"}
+        )
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert cut_at < 600  # cut while the body was still coming
+    assert not rejected  # the signature was never even checked
