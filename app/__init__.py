@@ -24,6 +24,10 @@ def create_app(settings: Settings) -> Quart:
     # Twilio webhooks are small forms; anything bigger is refused before it is read.
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
+    # Routing never redirects ("/admin//calls", a missing trailing slash): werkzeug would build the
+    # Location from the Host header, which the client chooses. Such a path is simply not found.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     services = Services(settings)
     app.extensions["switchboard"] = services
     app.register_blueprint(health)

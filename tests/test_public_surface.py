@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import random
 import shutil
@@ -51,7 +52,9 @@ def _free_subnet() -> ipaddress.IPv4Network:
     used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True).stdout
     taken = [ipaddress.ip_interface(word).network for word in used.split() if "/" in word and word[0].isdigit()]
     while True:
-        net = ipaddress.ip_network(f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.{4 * random.randint(0, 63)}/30")
+        net = ipaddress.ip_network(
+            f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.{4 * random.randint(0, 63)}/30"
+        )
         if not any(net.overlaps(other) for other in taken):
             return net
 
@@ -206,3 +209,151 @@ async def test_a_trickled_body_is_cut_before_any_work(make_settings: Any, path: 
     assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
     assert cut_at < 600  # cut while the body was still coming
     assert not rejected  # the signature was never even checked
+
+
+# --- the review page: parameters, passwords, redirects ----------------------------------------------
+
+PASSWORD = "the-right-password"
+
+
+@pytest.fixture
+def admin_settings(tmp_path: Any) -> dict[str, Any]:
+    return {"admin_password": PASSWORD, "database_url": f"sqlite:///{tmp_path / 'records.sqlite3'}"}
+
+
+async def records_ready(server: LiveServer) -> None:
+    async with asyncio.timeout(30):
+        await server.app.extensions["switchboard"].records.ready.wait()
+
+
+async def test_overflowing_admin_parameters_are_refused_and_nothing_is_logged_as_an_error(
+    serve: Any, admin_settings: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.admin.guard import csrf_token
+
+    huge = "9" * 20
+    async with serve(**admin_settings) as server:
+        await records_ready(server)
+        token = csrf_token(server.app.extensions["switchboard"].settings)
+        async with httpx.AsyncClient(base_url=server.http_url, auth=("admin", PASSWORD), trust_env=False) as http:
+            answers = {
+                path: (await http.get(path)).status_code
+                for path in (
+                    "/admin/calls?to=9999-12-31",
+                    f"/admin/calls?after=2026-01-01T00:00:00_{huge}",
+                    "/admin/gaps?offset=1e20",
+                    f"/admin/gaps?offset={huge}",
+                    f"/admin/messages?before={huge}",
+                    f"/admin/deliveries?before={huge}",
+                )
+            }
+            for path in (f"/admin/gaps/{huge}/handled", f"/admin/messages/{huge}/handled",
+                         f"/admin/deliveries/{huge}/send-again"):  # fmt: skip
+                answers[path] = (await http.post(path, data={"csrf_token": token})).status_code
+            still = (
+                (await http.get("/admin/calls?to=2026-12-31")).status_code,
+                (await http.get("/admin/gaps")).status_code,
+            )
+    assert all(400 <= status < 500 for status in answers.values()), answers
+    assert still == (200, 200)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_password_guessing_slows_down_one_client_and_never_the_right_password(
+    serve: Any, admin_settings: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.admin.guard import Logins
+
+    waits: list[float] = []
+    hold = asyncio.Event()
+    release = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # the guard's wait, seen and (when told) held
+        waits.append(seconds)
+        if hold.is_set():
+            await release.wait()
+
+    caplog.set_level(logging.INFO, "switchboard.admin")
+    async with serve(**admin_settings) as server:
+        await records_ready(server)
+        svc = server.app.extensions["switchboard"]
+        svc.logins.sleep = sleep
+        other = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with (
+            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as guesser,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", transport=other, trust_env=False) as team,
+        ):
+            statuses = [(await guesser.get("/admin", auth=("admin", f"guess-{n}"))).status_code for n in range(10)]
+            assert waits == [Logins.wait_after(n) for n in range(4, 11)] and waits[-1] > 0  # the 10th waited
+            hold.set()
+            eleventh = asyncio.create_task(guesser.get("/admin", auth=("admin", "guess-10")))
+            async with asyncio.timeout(10):
+                while len(waits) < 8:  # the 11th is now waiting in the guard
+                    await asyncio.sleep(0.01)
+            right_elsewhere = await team.get("/admin", auth=("admin", PASSWORD))
+            right_here = await guesser.get("/admin", auth=("admin", PASSWORD))
+            assert not eleventh.done()  # both went through while the guess was still held
+            release.set()
+            held = await eleventh
+        counted = {
+            outcome: svc.metrics.registry.get_sample_value("switchboard_admin_logins_total", {"outcome": outcome})
+            for outcome in ("success", "failure")
+        }
+    assert statuses == [401] * 10 and held.status_code == 401
+    assert right_elsewhere.status_code == right_here.status_code == 200
+    assert counted == {"success": 2.0, "failure": 11.0}
+    logged = [r.getMessage() for r in caplog.records if r.name == "switchboard.admin"]
+    assert sum("wrong password from 127.0.0.1" in line for line in logged) == 11
+    assert any("logged in from 127.0.0.2" in line for line in logged)
+    assert any("logged in from 127.0.0.1 after 11 wrong password(s)" in line for line in logged)
+    assert not [line for line in caplog.text.splitlines() if "guess-" in line or PASSWORD in line]
+
+
+async def test_no_redirect_is_built_from_the_host_header(serve: Any, admin_settings: dict[str, Any]) -> None:
+    async with serve(**admin_settings, public_url="https://switchboard.example") as server:
+        await records_ready(server)
+        async with httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http:
+            unauthenticated = [
+                await http.get(path, headers={"Host": "evil.example"})
+                for path in ("/admin//calls", "/admin//", "//admin", "/admin/calls/", "/admin")
+            ]
+            from app.admin.guard import csrf_token
+
+            token = csrf_token(server.app.extensions["switchboard"].settings)
+            handled = await http.post(
+                "/admin/gaps/1/handled", data={"csrf_token": token}, auth=("admin", PASSWORD),
+                headers={"Host": "evil.example"},
+            )  # fmt: skip
+    for answer in unauthenticated:
+        assert not answer.is_redirect and "evil.example" not in answer.headers.get("Location", "")
+    assert handled.status_code == 303 and handled.headers["Location"] == "/admin/gaps"
+
+
+# --- logs and files -------------------------------------------------------------------------------
+
+
+def test_a_value_with_a_newline_stays_on_its_log_line() -> None:
+    import io
+
+    from app.observability import TRACE_INDENT, log_handler
+
+    out = io.StringIO()
+    logger = logging.getLogger("switchboard.test-forging")
+    logger.addHandler(log_handler("text", out))
+    logger.propagate = False
+    forged = "end_call\n12:00:00 INFO    switchboard.admin: review page: logged in from 10.0.0.1\r\x1b[2K"
+    try:
+        logger.warning("tool call %s rejected", forged, extra={"conversation_id": "conv\n12:00:01 ERROR x"})
+        try:
+            raise ValueError(forged)
+        except ValueError:
+            logger.exception("brain error: %s", forged)
+    finally:
+        logger.handlers.clear()
+        logger.propagate = True
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith(tuple("0123456789")) and "\\n12:00:00 INFO" in lines[0] and "\\x1b" in lines[0]
+    assert "\\n12:00:01 ERROR" in lines[0]
+    assert lines[1].count("ERROR") == 1 and "\\n12:00:00" in lines[1]
+    assert all(line.startswith(TRACE_INDENT) for line in lines[2:])  # the traceback, never a record of its own
+    assert len([line for line in lines if not line.startswith(TRACE_INDENT)]) == 2
