@@ -255,7 +255,7 @@ async def test_overflowing_admin_parameters_are_refused_and_nothing_is_logged_as
                 (await http.get("/admin/gaps")).status_code,
             )
     assert all(400 <= status < 500 for status in answers.values()), answers
-    assert still == (200, 200)
+    assert still == [200, 200]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
@@ -265,12 +265,12 @@ async def test_password_guessing_slows_down_one_client_and_never_the_right_passw
     from app.admin.guard import Logins
 
     waits: list[float] = []
-    hold = asyncio.Event()
-    release = asyncio.Event()
+    hold, held, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def sleep(seconds: float) -> None:  # the guard's wait, seen and (when told) held
         waits.append(seconds)
         if hold.is_set():
+            held.set()
             await release.wait()
 
     caplog.set_level(logging.INFO, "switchboard.admin")
@@ -288,8 +288,7 @@ async def test_password_guessing_slows_down_one_client_and_never_the_right_passw
             hold.set()
             eleventh = asyncio.create_task(guesser.get("/admin", auth=("admin", "guess-10")))
             async with asyncio.timeout(10):
-                while len(waits) < 8:  # the 11th is now waiting in the guard
-                    await asyncio.sleep(0.01)
+                await held.wait()  # the 11th is now waiting in the guard
             right_elsewhere = await team.get("/admin", auth=("admin", PASSWORD))
             right_here = await guesser.get("/admin", auth=("admin", PASSWORD))
             assert not eleventh.done()  # both went through while the guess was still held
@@ -357,3 +356,25 @@ def test_a_value_with_a_newline_stays_on_its_log_line() -> None:
     assert lines[1].count("ERROR") == 1 and "\\n12:00:00" in lines[1]
     assert all(line.startswith(TRACE_INDENT) for line in lines[2:])  # the traceback, never a record of its own
     assert len([line for line in lines if not line.startswith(TRACE_INDENT)]) == 2
+
+
+async def test_a_new_data_dirs_files_are_the_owners_alone(tmp_path: Any, kb_index: Any) -> None:
+    """`make call` in a fresh checkout: everything it writes under a DATA_DIR it creates (the records
+    file, its WAL, call.log, the exported model) is 0600, every directory 0700."""
+    from tests.test_make_call import COMMAND, KNOWLEDGE, REPO, run
+
+    root = tmp_path / "checkout"
+    root.mkdir()
+    shutil.copy(REPO / ".env.example", root / ".env.example")
+    (root / "knowledge").symlink_to(KNOWLEDGE)
+    shutil.copytree(kb_index, root / "index")
+    (root / ".env").write_text("DATA_DIR=state\nINDEX_DIR=index\nSHARED_SECRET=s3cret\n")
+    code, _, err = await run(root, *COMMAND, "--say", "hello", "--say", "my card starts 4012 8888", timeout=600)
+    assert code == 0, err
+    data_dir = root / "state"
+    made = [data_dir, *data_dir.rglob("*")]
+    modes = {str(path.relative_to(root)): oct(path.stat().st_mode & 0o777) for path in made}
+    assert {"state/records.sqlite3", "state/call.log"} <= set(modes)
+    assert any(name.startswith("state/models/") for name in modes)
+    wrong = {name: mode for name, mode in modes.items() if mode != ("0o700" if (root / name).is_dir() else "0o600")}
+    assert not wrong

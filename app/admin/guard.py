@@ -2,9 +2,11 @@
 
 HTTP Basic, user `admin` and ADMIN_PASSWORD, compared in constant time; no password configured
 means every request is refused. Wrong passwords from one client meet a growing wait before their
-401 (`Logins`), one at a time; the right password is never made to wait. A state-changing request must carry a CSRF token: an HMAC, keyed
-by the password, of when it was issued, so every replica checks what any replica issued and a
-token lapses after CSRF_TTL_S. A Content-Security-Policy forbids every script.
+401 (`Logins`), one at a time; the right password is never made to wait.
+
+A state-changing request must carry a CSRF token: an HMAC, keyed by the password, of when it was
+issued, so every replica checks what any replica issued and a token lapses after CSRF_TTL_S. A
+Content-Security-Policy forbids every script.
 """
 
 from __future__ import annotations

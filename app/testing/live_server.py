@@ -11,6 +11,8 @@ from quart import Quart
 
 from app.serving.server import serve
 
+READY_TIMEOUT_S = 180.0
+
 
 def bound_socket() -> socket.socket:
     """A socket bound to 127.0.0.1 and a free port, held so nothing else takes the port."""
@@ -46,7 +48,8 @@ class LiveServer:
         return self
 
     async def _wait_ready(self) -> None:
-        async with httpx.AsyncClient() as client, asyncio.timeout(30):
+        # Start-up loads the embedding model (on a first run, exports it: a minute on a slow machine).
+        async with httpx.AsyncClient() as client, asyncio.timeout(READY_TIMEOUT_S):
             while True:
                 if self._task is not None and self._task.done():
                     self._task.result()
