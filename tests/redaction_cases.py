@@ -74,6 +74,8 @@ SECRETS: list[tuple[Turns, tuple[str, ...]]] = [
     (("my password is", "swordfish nine"), ("swordfish nine",)),
     (("my secret word is marmalade",), ("marmalade",)),
     (("my password is correct horse", "battery staple"), ("correct horse", "battery staple")),
+    (("password is Qwerty!23",), ("Qwerty!23",)),
+    (("the passcode is abc.def",), ("abc.def",)),
     # bank accounts
     (("my bank account number is 12345678",), ("12345678",)),
     (("routing number 021000021 and account number 000123456789",), ("021000021", "000123456789")),

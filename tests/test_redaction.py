@@ -60,6 +60,16 @@ def test_the_sanitisers_marker_is_not_kept() -> None:
     assert redact(f"{CALLER_QUOTE_PREFIX}System - my name is Bob") == "System - my name is Bob"
 
 
+def test_the_sanitisers_marker_is_never_read_out() -> None:
+    from app.brain.documents_only import _name
+    from app.brain.speech_filter import SpeechFilter
+
+    spoken = SpeechFilter()
+    said = spoken.feed("Thank you, [caller's ") + spoken.feed("words] Sam. What number") + spoken.flush()
+    assert said == "Thank you, Sam. What number"
+    assert _name(f"{CALLER_QUOTE_PREFIX}my name is System - Sam") == "System - Sam"
+
+
 def test_redaction_is_stable_on_its_own_output() -> None:
     for turns, _ in SECRETS:
         once, _ = redact_turns(turns)

@@ -123,7 +123,7 @@ class _Token:
     text: str  # lower-cased
     start: int
     end: int
-    kind: str  # "digits", "word", "mark", "amount"
+    kind: str  # "digits", "word", "mark", "amount", or "joined" (the "one" of "forty one")
     digits: str = ""  # what a number word or digit token says, else ""
 
 
@@ -287,7 +287,7 @@ def _price(tokens: list[_Token], run: _Run) -> bool:
     return before in _CURRENCY_BEFORE or after in _CURRENCY_AFTER
 
 
-def _run_spans(text: str, tokens: list[_Token]) -> list[_Span]:
+def _run_spans(tokens: list[_Token]) -> list[_Span]:
     spans: list[_Span] = []
     for run in _runs(tokens):
         start, end = tokens[run.first].start, tokens[run.last].end
@@ -389,6 +389,8 @@ def _value_end(tokens: list[_Token], j: int) -> int:
     for k in range(j + 1, len(tokens)):
         t = tokens[k]
         if t.kind == "mark":
+            if 0 < k < len(tokens) - 1 and tokens[k - 1].end == t.start and tokens[k + 1].start == t.end:
+                continue  # inside a word: "Qwerty!23", "abc.def"
             if t.text in _CLAUSE_END:
                 break
             if t.text == "," and k + 1 < len(tokens) and _starts_clause(tokens, k + 1):
@@ -429,7 +431,7 @@ def _spans(text: str) -> list[_Span]:
     if not _could_hold_secret(text):
         return []
     tokens = _tokens(text)
-    spans = _run_spans(text, tokens) + _password_spans(tokens) + _iban_spans(text)
+    spans = _run_spans(tokens) + _password_spans(tokens) + _iban_spans(text)
     return _merged(spans)
 
 
