@@ -9,9 +9,7 @@ import socket
 import httpx
 from quart import Quart
 
-from app.serving.server import serve
-
-READY_TIMEOUT_S = 180.0
+from app.serving.server import STARTUP_TIMEOUT_S, serve
 
 
 def bound_socket() -> socket.socket:
@@ -48,8 +46,7 @@ class LiveServer:
         return self
 
     async def _wait_ready(self) -> None:
-        # Start-up loads the embedding model (on a first run, exports it: a minute on a slow machine).
-        async with httpx.AsyncClient() as client, asyncio.timeout(READY_TIMEOUT_S):
+        async with httpx.AsyncClient() as client, asyncio.timeout(STARTUP_TIMEOUT_S):
             while True:
                 if self._task is not None and self._task.done():
                     self._task.result()
