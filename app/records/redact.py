@@ -104,17 +104,14 @@ _CLAUSE_STARTERS = frozenset(
 _AND_STARTERS = frozenset("i it my the can could would you we now that please so".split())
 _VALUE_MAX_WORDS = 12
 
-_TOKEN = re.compile(
-    r"(?P<amount>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d{1,2}(?![\d.]))|(?P<word>\w+(?:['’]\w+)*)|(?P<mark>\S)"
-)
+# An amount ("1,299", "49.99"), a word or a number, or any other visible character.
+_TOKEN = re.compile(r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d{1,2}(?![\d.]))|(\w+(?:['’]\w+)*)|(\S)")
 _IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?:[ ]?[A-Za-z0-9]){11,30}\b")
 # Most text holds no digit, fewer than two number words and no password: it skips the tokenizer.
-_NUMBER_WORDS = re.compile(r"\b(?:" + "|".join(sorted({*_UNITS, *_TEENS, *_TENS, *_REPEAT})) + r")\b", re.IGNORECASE)
 _DIGIT = re.compile(r"\d")
-_PASSWORD_HINT = re.compile(
-    r"\b(?:" + "|".join(sorted({words[-1] for words, kind in _KEYS.items() if kind == "password"})) + r")\b",
-    re.IGNORECASE,
-)
+_LETTERS = re.compile(r"[a-z]+")
+_NUMBER_WORDS = frozenset({*_UNITS, *_TEENS, *_TENS, *_REPEAT})
+_PASSWORD_WORDS = frozenset(words[-1] for words, kind in _KEYS.items() if kind == "password")
 _MARKER_TEXT = CALLER_QUOTE_PREFIX.strip()
 
 
@@ -138,12 +135,17 @@ class _Span:
 def _tokens(text: str) -> list[_Token]:
     tokens: list[_Token] = []
     append = tokens.append
-    for match in _TOKEN.finditer(text.lower()):
-        kind = match.lastgroup or "mark"
-        word = match.group()
-        start, end = match.span()
-        if kind != "word":
-            append(_Token(word, start, end, kind))
+    lowered = text.lower()
+    find = lowered.find
+    at = 0
+    for amount, word, mark in _TOKEN.findall(lowered):
+        found = amount or word or mark
+        start = find(found, at)
+        at = end = start + len(found)
+        if mark:
+            append(_Token(mark, start, end, "mark"))
+        elif amount:
+            append(_Token(amount, start, end, "amount"))
         elif word.isdigit():
             append(_Token(word, start, end, "digits", word))
         elif word[-2:] in ("'s", "’s") and word[:-2] in _KEY_LAST:  # "my PIN's 4321": the key, then its glue
@@ -417,14 +419,15 @@ def _iban_spans(text: str) -> list[_Span]:
 
 
 def _could_hold_secret(text: str) -> bool:
-    return _PASSWORD_HINT.search(text) is not None or _could_hold_digits(text)
+    return _could_hold_digits(text, _PASSWORD_WORDS)
 
 
-def _could_hold_digits(text: str) -> bool:
+def _could_hold_digits(text: str, or_words: frozenset[str] = frozenset()) -> bool:
+    """A digit, two number words, or one of `or_words`: what a secret needs at the least."""
     if _DIGIT.search(text):
         return True
-    words = _NUMBER_WORDS.finditer(text)
-    return next(words, None) is not None and next(words, None) is not None
+    words = _LETTERS.findall(text.lower())
+    return not or_words.isdisjoint(words) or len([w for w in words if w in _NUMBER_WORDS]) >= 2
 
 
 def _spans(text: str) -> list[_Span]:
