@@ -6,6 +6,11 @@ from quart import Quart
 
 from app.settings import Settings
 
+# A request body must have arrived whole within this: a body trickled in a byte at a time is cut
+# (408) before any work is done with it. (Hypercorn's read timeout is per read, so a trickle never
+# trips it; Quart's BODY_TIMEOUT bounds the whole body, and its default is 60 s.)
+BODY_TIMEOUT_S = 10
+
 
 def create_app(settings: Settings) -> Quart:
     from app.admin.routes import admin
@@ -18,6 +23,11 @@ def create_app(settings: Settings) -> Quart:
     app = Quart(__name__)
     # Twilio webhooks are small forms; anything bigger is refused before it is read.
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
+    # Routing never redirects ("/admin//calls", a missing trailing slash): werkzeug would build the
+    # Location from the Host header, which the client chooses. Such a path is simply not found.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     services = Services(settings)
     app.extensions["switchboard"] = services
     app.register_blueprint(health)

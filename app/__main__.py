@@ -14,6 +14,7 @@ from app import create_app
 from app.knowledge.store import build_state
 from app.notify import cli as notify_cli
 from app.observability import configure_logging
+from app.private_files import owner_only
 from app.records import cli
 from app.records.messages import parse_since
 from app.serving.server import serve_until_drained
@@ -77,6 +78,7 @@ def _read(command: str, args: argparse.Namespace) -> int:
 
 def main() -> None:
     args = _parser().parse_args()
+    owner_only()  # records, logs, models and the index under DATA_DIR
     if args.command in ("calls", "gaps", "messages"):
         sys.exit(_read(args.command, args))
     if args.command == "notify":

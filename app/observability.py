@@ -24,6 +24,16 @@ _CONTEXT_FIELDS = ("conversation_id", "event_id")
 _DIGITS = re.compile(r"\+?\d[\d \-()]{8,}\d")
 
 
+# Characters that would let a value start a new line or rewrite one in a text log.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+TRACE_INDENT = "    "
+
+
+def escaped(text: str) -> str:
+    """One line: newlines and other control characters written as escapes (\\n, \\x1b)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text) if _CONTROL.search(text) else text
+
+
 def mask_digits(text: str) -> str:
     """Keep the last two digits of long digit runs (phone numbers, card numbers)."""
 
@@ -72,24 +82,34 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line per record, whatever its values hold (a forged line stays inside its record); a
+    traceback follows on lines of its own, each indented."""
+
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         fields = " ".join(f"{k}={v}" for k, v in _extras(record).items())
         line = f"{stamp} {record.levelname:<7} {record.name}: {mask_digits(record.getMessage())}"
         if fields:
             line = f"{line} [{fields}]"
+        line = escaped(line)
         if record.exc_info:
-            line = f"{line}\n{self.formatException(record.exc_info)}"
+            trace = self.formatException(record.exc_info).splitlines()
+            line += "".join(f"\n{TRACE_INDENT}{escaped(part)}" for part in trace)
         return line
+
+
+def log_handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:
+    """The handler the server logs through: `text` or `json` lines, to stderr unless `stream` is given."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_ContextFilter())
+    return handler
 
 
 def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
     """One handler on the root logger, to stderr unless `stream` is given (make call: a log file)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(_ContextFilter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [log_handler(fmt, stream)]
     root.setLevel(level)
     # Library chatter at INFO would drown the one-line-per-turn record.
     for noisy in ("httpx", "httpcore", "hypercorn.access", "chromadb", "sentence_transformers"):
@@ -199,6 +219,12 @@ class Metrics:
             "switchboard_notify_deliveries_total",
             "Webhook and e-mail sends by outcome: delivered, failed (to be retried or dead), dead (given up)",
             ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.admin_logins = Counter(
+            "switchboard_admin_logins_total",
+            "Review page requests by login outcome (success, failure: a wrong user or password)",
+            ["outcome"],
             registry=self.registry,
         )
         self.records_pending = Gauge(

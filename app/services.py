@@ -9,6 +9,7 @@ from typing import Any
 
 from quart import current_app
 
+from app.admin.guard import Logins
 from app.brain.llm import LLM
 from app.brain.prompt import Prompt
 from app.brain.tools import Toolbox
@@ -47,6 +48,7 @@ class Services:
         self.delivery = Delivery(settings, self.metrics, self.records.engine, self.records.outbox, self.records.ready)
         self.telephony.observers += [self.registry, self.records]
         self.drain = Drain(self)
+        self.logins = Logins(self.metrics)
 
     def _share(self, url: str) -> None:
         """Several replicas: admission, the registry, tool limits and outcomes in Redis."""

@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     notify_email_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
     smtp_url: SecretStr | None = None
 
+    # Bearer token for /metrics from anywhere but this machine (without it, loopback only).
+    metrics_token: SecretStr | None = None
+
     # Logs
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -15,6 +15,7 @@ from app.observability import one_line
 from app.records.outbox import dead_events, send_again, waiting
 from app.records.queries import (
     GAPS_PAGE,
+    MAX_ID,
     OUTCOMES,
     Cursor,
     count_open,
@@ -31,12 +32,13 @@ admin = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templ
 
 MESSAGES_PAGE = 50
 DEAD_PAGE = 50
+ID = f"int(max={MAX_ID})"  # a path id the store can hold; a larger one matches no route (404)
 
 
 @admin.before_request
 async def _guard() -> Response | None:
     settings = services().settings
-    refused = refusal(settings)
+    refused = await refusal(settings, services().logins)
     if refused is not None:
         return refused
     if request.method == "POST":
@@ -52,6 +54,13 @@ async def _guard() -> Response | None:
 async def _headers(response: Response) -> Response:
     response.headers.update(SECURITY_HEADERS)
     return response
+
+
+@admin.errorhandler(OverflowError)
+async def _out_of_range(exc: OverflowError) -> Response:
+    """A date past the calendar's end, a number past what the store holds: the request's fault."""
+    log.info("review page: parameter out of range: %s", exc)
+    return Response("A parameter is out of range.\n", 400, content_type="text/plain")
 
 
 @admin.errorhandler(SQLAlchemyError)
@@ -77,6 +86,23 @@ def _day(text: str | None) -> date | None:
         return date.fromisoformat(text) if text else None
     except ValueError:
         return None
+
+
+def _number(name: str) -> int | None:
+    """A whole-number parameter: None when it is not one (ignored), OverflowError past MAX_ID ("1e20" too)."""
+    text = request.args.get(name)
+    if text is None:
+        return None
+    try:
+        value: float = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    if abs(value) > MAX_ID:
+        raise OverflowError(f"{name} out of range")
+    return value if isinstance(value, int) else None
 
 
 @admin.get("")
@@ -126,7 +152,7 @@ async def call(call_sid: str) -> str:
 @admin.get("/gaps")
 async def gaps() -> str:
     handled = request.args.get("show") == "handled"
-    offset = max(request.args.get("offset", 0, type=int), 0)
+    offset = max(_number("offset") or 0, 0)
     async with services().records.engine.connect() as conn:
         rows = await list_gaps(conn, handled=handled, limit=GAPS_PAGE + 1, offset=offset)
     show = {"show": "handled"} if handled else {}
@@ -139,7 +165,7 @@ async def gaps() -> str:
     )
 
 
-@admin.post("/gaps/<int:gap_id>/handled")
+@admin.post(f"/gaps/<{ID}:gap_id>/handled")
 async def gap_handled(gap_id: int) -> Response:
     async with services().records.engine.begin() as conn:
         await mark_gap_handled(conn, gap_id)
@@ -148,7 +174,7 @@ async def gap_handled(gap_id: int) -> Response:
 
 @admin.get("/messages")
 async def messages() -> str:
-    before = request.args.get("before", type=int)
+    before = _number("before")
     rows = await services().records.messages.newest(MESSAGES_PAGE + 1, before)
     more = rows[MESSAGES_PAGE - 1].id if len(rows) > MESSAGES_PAGE else None
     return await _page(
@@ -159,7 +185,7 @@ async def messages() -> str:
     )
 
 
-@admin.post("/messages/<int:message_id>/handled")
+@admin.post(f"/messages/<{ID}:message_id>/handled")
 async def message_handled(message_id: int) -> Response:
     await services().records.messages.mark_handled(message_id)
     return redirect(url_for("admin.messages"), 303)
@@ -167,7 +193,7 @@ async def message_handled(message_id: int) -> Response:
 
 @admin.get("/deliveries")
 async def deliveries() -> str:
-    before = request.args.get("before", type=int)
+    before = _number("before")
     async with services().records.engine.connect() as conn:
         rows = await dead_events(conn, DEAD_PAGE + 1, before)
         queues = await waiting(conn)
@@ -182,7 +208,7 @@ async def deliveries() -> str:
     )
 
 
-@admin.post("/deliveries/<int:row_id>/send-again")
+@admin.post(f"/deliveries/<{ID}:row_id>/send-again")
 async def send_one_again(row_id: int) -> Response:
     return await _send_again(row_id)
 

@@ -23,7 +23,7 @@ import phonenumbers
 
 from app.brain.effects import TurnKey
 from app.brain.llm import ToolCall
-from app.brain.sanitise import SanitisedTranscript
+from app.brain.sanitise import CALLER_QUOTE_PREFIX, SanitisedTranscript
 from app.brain.tools import ACTED
 from app.calls.registry import END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL
 from app.records.messages import DEFAULT_REGION, normalise_number
@@ -142,7 +142,7 @@ def _reply_to(transcript: SanitisedTranscript, question: str) -> str | None:
 
 
 def _name(said: str) -> str:
-    name = _NAME_LEAD.sub("", said).strip(" .,!?")
+    name = _NAME_LEAD.sub("", said.removeprefix(CALLER_QUOTE_PREFIX)).strip(" .,!?")
     return name[:60] or "there"
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import re
 
+from app.brain.sanitise import CALLER_QUOTE_PREFIX
+
 _EMOJI = "\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0f\u200d\u20e3"
 # Characters that may be (part of) markup; a chunk without any of them skips the slow path.
 _SPECIAL = re.compile(rf"[*_~`#\[\]|>@/\n\u2022{_EMOJI}]|(?i:www\.)")
@@ -31,6 +33,8 @@ _EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
 _ADDRESSES = re.compile(rf"(?i)\b(visit\s+)?(?:(?:at|on)\s+)?(?:{_URL})|(?:\b(?:at|to)\s+)?{_EMAIL}")
 _LEAD_IN = re.compile(r"(?i)\b(?:visit|at|to|on)\s+$")
 _ORPHAN_DOMAIN = re.compile(r"(?<![\w.+-])@[\w-]+(?:\.[\w-]+)+")
+# The sanitiser's note to the model, should the model repeat it: never read out to the caller.
+_QUOTE_MARKER = re.compile(re.escape(CALLER_QUOTE_PREFIX.strip()) + r"[ \t]?", re.IGNORECASE)
 _LINK = re.compile(r"\[([^\]\n]*)\](?:\([^)\n]*\)|\[[^\]\n]*\])")
 _DROP_LINES = re.compile(r"(?m)^[ \t]*(?:```[^\n]*|[|:+ \t]*-{3,}[|:\-+ \t]*|[*_=]{3,}[ \t]*)(?:\n|$)")
 _LINE_MARKERS = re.compile(r"(?m)^[ \t]*(?:#{1,6}[ \t]*|[-+*\u2022][ \t]+|\d{1,3}[.)][ \t]+|>[ \t]?|\|[ \t]*)")
@@ -128,6 +132,7 @@ def _open_link(text: str) -> int:
 def _clean(text: str, line_start: bool) -> str:
     if not line_start:
         text = _NOT_A_LINE_START + text  # so `^` does not match where a line did not start
+    text = _QUOTE_MARKER.sub("", text)
     text = _LINK.sub(r"\1", text)
     text = _ADDRESSES.sub(_address, text)
     text = _ORPHAN_DOMAIN.sub(" by email", text)

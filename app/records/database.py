@@ -17,10 +17,11 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, insert, make_url, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.private_files import private_file
 from app.records.schema import messages
 from app.settings import Settings
 
@@ -35,7 +36,12 @@ STATEMENT_TIMEOUT_S = 10.0
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.records_url
     if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        database = make_url(url).database
+        if database and database != ":memory:":
+            path = Path(database)
+            for existing in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                if existing == path or existing.exists():
+                    private_file(existing)  # SQLite makes its -wal and -shm like the database file
         engine = create_async_engine(url, connect_args={"timeout": CONNECT_TIMEOUT_S})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -55,6 +61,7 @@ def _sqlite_pragmas(connection: Any, _record: object) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={int(CONNECT_TIMEOUT_S * 1000)}")
+    cursor.execute("PRAGMA secure_delete=ON")  # what retention deletes is overwritten, not left in free pages
     cursor.close()
 
 

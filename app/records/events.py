@@ -56,7 +56,7 @@ class CallEnded:
 
 @dataclass(slots=True)
 class TurnDone:
-    """One brain turn. Texts are as the caller said them after sanitising; the writer redacts them."""
+    """One brain turn. Texts are as the caller said them after sanitising; the recorder redacts them."""
 
     call_sid: str | None
     conversation_id: str | None

@@ -2,7 +2,7 @@
 
 Each message is committed before the tool answers the model, so a caller who hangs up straight
 after leaving it loses nothing; if it cannot be written, the agent is told so (and offers a
-transfer) rather than promising a call back. The message text is redacted like every record. Its
+transfer) rather than promising a call back. Its name and text are redacted like every record. Its
 `message.created` event goes into the outbox in the same transaction.
 """
 
@@ -117,7 +117,7 @@ class MessageStore:
         """Store one message and commit it before returning (raises if it cannot)."""
         row = {
             "created_at": (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0),
-            "name": name,
+            "name": redact(name),
             "callback_number": callback_number,
             "message": redact(message),
             "call_sid": call_sid,

@@ -192,6 +192,9 @@ def _iso(value: datetime | None) -> str | None:
 _CALL_COLUMNS = [calls.c[name] for name in CallRow.__dataclass_fields__]
 
 
+MAX_ID = 2**63 - 1  # the largest id (or offset) the store can compare with, on either database
+
+
 @dataclass(frozen=True)
 class Cursor:
     """Where a page of the calls list ends: the next page starts strictly after it."""
@@ -204,14 +207,18 @@ class Cursor:
 
     @classmethod
     def decode(cls, text: str | None) -> Cursor | None:
+        """The cursor, or None when the text is not one; OverflowError for an id past MAX_ID."""
         if not text:
             return None
         when, _, ident = text.rpartition("_")
         try:
             started = datetime.fromisoformat(when)
-            return cls(started if started.tzinfo else started.replace(tzinfo=UTC), int(ident))
+            number = int(ident)
         except ValueError:
             return None
+        if abs(number) > MAX_ID:
+            raise OverflowError("cursor id out of range")
+        return cls(started if started.tzinfo else started.replace(tzinfo=UTC), number)
 
 
 async def list_calls(

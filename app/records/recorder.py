@@ -5,6 +5,9 @@ them in batches, one transaction each.
 unreachable, the writer keeps the batch and retries with backoff while new records wait in the
 buffer; past its bound new records are dropped and counted (`switchboard_records_dropped_total`).
 On shutdown the buffer is flushed for a bounded time.
+
+Turns are redacted on their way in, and a turn that may be half of a secret is held back until the
+next turn of its call (`app.records.held`).
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import deque
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.observability import Metrics, one_line
-from app.records.events import RecordEvent, TurnDone
+from app.records.events import CallEnded, RecordEvent, TurnDone
 from app.records.gaps import GapGrouper
+from app.records.held import HeldTurns
 from app.records.outbox import Outbox
 from app.records.writer import write
 
@@ -51,6 +56,7 @@ class Recorder:
         self.capacity = capacity
         self._ready = ready  # set once the schema is in place (the store retries until it is)
         self._pending: deque[RecordEvent] = deque()
+        self.held = HeldTurns()
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()  # set while nothing is waiting to be written
         self._drained.set()
@@ -58,6 +64,20 @@ class Recorder:
         self._stopping = False
 
     def add(self, event: RecordEvent) -> None:
+        kind = type(event)
+        if kind is TurnDone:
+            self._queue(self.held.add(event, time.monotonic()))  # type: ignore[arg-type]
+            return
+        if kind is CallEnded:
+            self._queue(self.held.call_ended(event.call_sid))  # type: ignore[union-attr]
+        self._append(event)
+
+    def _queue(self, events: list[TurnDone]) -> None:
+        for event in events:
+            self._append(event)
+        self._wake.set()  # also when a turn was held: the writer's wait now has a deadline
+
+    def _append(self, event: RecordEvent) -> None:
         if len(self._pending) >= self.capacity:
             self.metrics.records_dropped.labels("buffer_full").inc()
             return
@@ -74,6 +94,7 @@ class Recorder:
 
     async def stop(self) -> None:
         """Write what is buffered (bounded), then stop; what could not be written is counted."""
+        self._queue(self.held.release_all())
         self._stopping = True
         self._wake.set()
         task = self._task
@@ -92,7 +113,8 @@ class Recorder:
             self._pending.clear()
 
     async def flushed(self, timeout: float = 10.0) -> None:
-        """Wait until everything added so far is written (tests, the CLI's own process)."""
+        """Wait until everything added so far is written, held turns too (tests)."""
+        self._queue(self.held.release_all())
         async with asyncio.timeout(timeout):
             await self._drained.wait()
 
@@ -105,7 +127,11 @@ class Recorder:
                 if self._stopping:
                     return
                 self._wake.clear()
-                await self._wake.wait()
+                deadline = self.held.next_deadline
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                        await self._wake.wait()
+                self._queue(self.held.expired(time.monotonic()))
                 continue
             batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
             try:

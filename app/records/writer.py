@@ -1,8 +1,8 @@
 """Writing record events: each one an upsert or insert, so they may arrive in any order and from
 any replica (a turn may be written before the replica holding the media stream records its call).
 
-Secrets are redacted here, before anything reaches the store. A call's end and a new knowledge gap
-are announced in the outbox in the same transaction.
+Turns arrive redacted (the recorder redacts them, see `app.records.held`). A call's end and a new
+knowledge gap are announced in the outbox in the same transaction.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from app.records.events import (
 )
 from app.records.gaps import GapGrouper
 from app.records.outbox import CALL_ENDED, GAP_CREATED, Outbox, call_ended_event_id
-from app.records.redact import redact
 from app.records.schema import calls, passages, turn_sources, turns, upsert_into
 
 Updates = Callable[[Any], dict[str, Any]]
@@ -88,7 +87,7 @@ async def _turn(conn: AsyncConnection, turn: TurnDone, gaps: GapGrouper | None, 
         ).scalar_one_or_none()
     gap_id = None
     if turn.unanswered and gaps is not None and turn.gap_vector is not None:
-        question = redact(turn.unanswered)
+        question = turn.unanswered
         gap_id, new = await gaps.assign(conn, question, turn.gap_vector, turn.started_at)
         if new:
             data = {
@@ -108,8 +107,8 @@ async def _turn(conn: AsyncConnection, turn: TurnDone, gaps: GapGrouper | None, 
                 conversation_id=turn.conversation_id,
                 event_id=turn.event_id,
                 started_at=turn.started_at,
-                caller_text=redact(turn.caller_text),
-                agent_text=redact(turn.agent_text),
+                caller_text=turn.caller_text,
+                agent_text=turn.agent_text,
                 interrupted=turn.interrupted,
                 outcome=turn.outcome,
                 abstained=turn.abstained,

@@ -11,6 +11,8 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from quart import Quart
 
+STARTUP_TIMEOUT_S = 300.0
+
 
 def hypercorn_config(bind: str) -> Config:
     config = Config()
@@ -25,6 +27,9 @@ def hypercorn_config(bind: str) -> Config:
     # Live calls have drained before the server stops (see `serve_until_drained`): what is left is
     # a request or two in flight.
     config.graceful_timeout = 10.0
+    # Start-up loads the embedding model; on a first run it exports it too, over a minute on a slow
+    # machine (Hypercorn gives up after 60 s by default).
+    config.startup_timeout = STARTUP_TIMEOUT_S
     # Webhook bodies are small forms; a larger incomplete request is not Twilio.
     config.h11_max_incomplete_size = 16 * 1024
     # Access lines would duplicate the per-turn and per-call records; Hypercorn's own lines go

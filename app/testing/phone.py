@@ -47,6 +47,7 @@ from app import create_app
 from app.__main__ import build_index_if_missing
 from app.configure import configure_engine
 from app.observability import configure_logging
+from app.private_files import owner_only, private_file
 from app.settings import Settings, ensure_env_file, load_settings
 from app.testing.fake_engine import EngineEvent, SpeechEngineStandIn
 from app.testing.fake_twilio_api import FakeTwilioApi
@@ -400,8 +401,7 @@ async def run_local(say: list[str], as_json: bool) -> int:
     out = Terminal(as_json)
     wrote_env = ensure_env_file()
     settings = load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = settings.data_dir / "call.log"
+    log_path = private_file(settings.data_dir / "call.log")
     with log_path.open("a", encoding="utf-8") as log_file:
         configure_logging(settings.log_level, settings.log_format, log_file)
         if wrote_env:
@@ -464,6 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server", help="call a running, configured server at this URL instead")
     parser.add_argument("--seconds", type=float, default=5.0, help="with --server: how long the caller's tone lasts")
     args = parser.parse_args(argv)
+    owner_only()
     if args.server:
         sys.exit(asyncio.run(call_server(args.server, args.seconds)))
     try:
