@@ -23,9 +23,9 @@ from app.testing.fake_openai import Reply
 from app.testing.live_server import LiveServer
 from app.testing.speech_engine import SpeechEngineClient
 from app.testing.twilio_caller import TwilioCaller, ulaw_frames
-from tests.conftest import API_KEY, PUBLIC_URL, SECRET, TWILIO_TOKEN
-from tests.phone import Phone, phone_call, tool_results
-from tests.servers import missing, postgres_server
+from tests.support.config import API_KEY, PUBLIC_URL, SECRET, TWILIO_TOKEN
+from tests.support.phone import phone_call, tool_results
+from tests.support.servers import missing, postgres_server
 
 PASSWORD = "correct horse battery staple"
 AUTH = ("admin", PASSWORD)
@@ -56,14 +56,6 @@ def history(call_settings: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     return {**call_settings, "database_url": f"sqlite:///{tmp_path / 'records.sqlite3'}", "admin_password": PASSWORD}
 
 
-async def hung_up(phone: Phone) -> None:
-    await phone.caller.hang_up()
-    registry = phone.svc.registry
-    async with asyncio.timeout(5):
-        while registry.lookup(call_sid=phone.caller.call_sid) is not None:  # noqa: ASYNC110 - the bridge's end
-            await asyncio.sleep(0.02)
-
-
 async def test_a_whole_call_is_in_the_calls_command_and_on_the_review_page(
     serve, history, fake_elevenlabs, fake_model, twilio_api
 ) -> None:
@@ -79,7 +71,7 @@ async def test_a_whole_call_is_in_the_calls_command_and_on_the_review_page(
         await phone.client.ask("can I talk to someone in sales?")
         await phone.speak(0.3, event_id=2)
         await twilio_api.call_updates.wait(1)
-        await hung_up(phone)
+        await phone.hung_up()
         await flushed(phone.server)
         sid = phone.caller.call_sid
         async with httpx.AsyncClient(base_url=phone.server.http_url, auth=AUTH) as browser:
@@ -329,7 +321,7 @@ async def test_postgresql_going_away_mid_call_loses_no_audio_and_no_message(
             assert svc.records.recorder.pending >= 1  # the turn made while it is away waits in the buffer
             await asyncio.to_thread(pg.start)
             await svc.records.recorder.flushed(timeout=60)
-            await hung_up(phone)
+            await phone.hung_up()
             sid = phone.caller.call_sid
         shown = command(settings, "calls", "show", sid, "--json")
     assert [t["caller"] for t in shown["turn_list"]] == [

@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from app.testing.phone import CallRecord, LocalSwitchboard, Phone
-from tests.phone import messages_of
-
-TARGETS = {"sales": "+12025550143", "support": "+12025550178"}
+from tests.support.config import TARGETS
+from tests.support.phone import messages_of
 
 
 @asynccontextmanager

@@ -10,14 +10,13 @@ from pathlib import Path
 
 from app.brain.prompt import REFERENCE_OPEN
 from app.brain.tools import GAP_TOOL
+from app.brain.turn import CANNOT_DO
 from app.calls.control import EndReason
 from app.testing.fake_openai import Reply
 from app.testing.speech_engine import SpeechEngineClient
 from ingest.pipeline import run_ingest
-from tests.conftest import API_KEY, PUBLIC_URL, SECRET, TARGETS
-from tests.phone import (
-    UNLISTED,
-    DigitsSeen,
+from tests.support.config import API_KEY, PUBLIC_URL, SECRET, TARGETS, UNLISTED
+from tests.support.phone import (
     dialled,
     messages_of,
     phone_call,
@@ -79,13 +78,10 @@ async def test_dtmf_zero_transfers_to_the_default_department_without_the_model(
         "transfer_targets": {"support": TARGETS["support"], "sales": TARGETS["sales"]},
         "fallback_number": "+15550001111",
     }
-    digits = DigitsSeen()
     async with phone_call(serve, settings, fake_elevenlabs, twilio_api) as phone:
-        phone.svc.telephony.observers.append(digits)
         await phone.caller.dtmf("0")
         await twilio_api.call_updates.wait(1)
-        await phone.caller.dtmf("0")  # pressing again does not transfer twice
-        await digits.wait(2)
+        await phone.pressed("0", count=2)  # pressing again does not transfer twice
         await phone.caller.hang_up()
         await phone.svc.registry.close()  # the keypad's claims run on the registry's tasks
         refused = phone.counted("switchboard_tool_calls_total", tool="transfer_call", outcome="keypad_refused")
@@ -212,7 +208,7 @@ async def test_injection_attempts_never_dial_an_unlisted_number_or_exceed_limits
         }
         counted = {key: phone.counted("switchboard_tool_calls_total", tool=key[0], outcome=key[1]) for key in expected}
     # Turn 1: nothing accepted, the model told why each time, and the caller still hears something.
-    assert first.finals == 1 and first.text
+    assert first.finals == 1 and first.text == CANNOT_DO
     r1, r2, r3 = fake_model.requests[:3]
     assert r1.messages[-1]["content"].startswith("[caller's words]")  # flagged, and still only user content
     assert UNLISTED not in r1.messages[0]["content"]
@@ -260,13 +256,13 @@ async def test_a_document_saying_always_transfer_is_only_data(
 
 
 async def test_without_prerequisites_tools_are_not_offered(
-    serve, call_settings, fake_elevenlabs, fake_model, twilio_api, tmp_path
+    serve, call_settings, fake_elevenlabs, fake_model, twilio_api, refused
 ) -> None:
     # No REST credentials, and a records store that cannot be reached (so no messages, no gap notes).
     settings = {
         **call_settings,
         "twilio_account_sid": None,
-        "database_url": "postgresql://nobody@127.0.0.1:9/none",
+        "database_url": f"postgresql://nobody@{refused}/none",
         "record_calls": False,
     }
     async with phone_call(serve, settings, fake_elevenlabs, twilio_api) as phone:
@@ -276,10 +272,14 @@ async def test_without_prerequisites_tools_are_not_offered(
         ) as stranger:
             await stranger.init("conv_not_a_call")
             await stranger.ask("hello?")
-        await phone.caller.dtmf("0")
-        await phone.caller.hang_up()
+        await phone.pressed("0")
+        await phone.hung_up()
+        keypad = [
+            phone.counted("switchboard_tool_calls_total", tool="transfer_call", outcome=outcome)
+            for outcome in ("keypad", "keypad_refused", "unavailable")
+        ]
     on_call, off_call = fake_model.requests
     assert tool_names(on_call) == ["end_call"]  # no REST credentials, no message store
     assert "transfer_call" not in on_call.messages[0]["content"]
     assert "tools" not in off_call.body and "take_message" not in off_call.messages[0]["content"]
-    assert twilio_api.call_updates == []
+    assert keypad == [0, 0, 0] and twilio_api.call_updates == []  # no transfers: the keypad's 0 does nothing

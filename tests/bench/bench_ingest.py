@@ -36,7 +36,7 @@ from ingest.chunker import Chunker
 from ingest.loaders import SUPPORTED_SUFFIXES, load_document
 from ingest.pipeline import run_ingest
 from tests.bench.chroma_server import chroma_server
-from tests.index_support import ingest_cli
+from tests.support.index import ingest_cli
 
 REPO = Path(__file__).resolve().parents[2]
 HELPCENTER = REPO.parent / "shared" / "eval" / "helpcenter"
