@@ -7,7 +7,6 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -409,20 +408,3 @@ async def test_transfer_redirects_the_call_through_the_rest_api(tmp_path, token)
         assert sid == SID and ET.fromstring(form["Twiml"]).findtext("Dial") == TARGETS["sales"]
     else:
         assert api.call_updates == []
-
-
-@pytest.mark.parametrize("fallback", [None, "+15550001111"])
-async def test_a_refused_redirect_ends_the_stream_for_the_fallback_only_if_there_is_one(
-    tmp_path, fallback, toolbox
-) -> None:
-    box, _ = await toolbox(tmp_path, **PHONE, fallback_number=fallback)
-    ends: list[EndReason] = []
-    live = SimpleNamespace(call_sid=SID, ended=False, end=ends.append)
-
-    async def refused(call_sid: str, department: str, say: str | None = None) -> bool:
-        return False
-
-    box.actions.transfer = refused  # type: ignore[method-assign]
-    await box.transfer(live, "sales")  # type: ignore[arg-type]
-    # A failed stream makes the Connect action apologise and dial FALLBACK_NUMBER; without one, talk on.
-    assert ends == ([EndReason.INTERNAL_ERROR] if fallback else [])

@@ -8,11 +8,14 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from app.brain.prompt import REFERENCE_OPEN
 from app.brain.tools import GAP_TOOL
 from app.brain.turn import CANNOT_DO
 from app.calls.control import EndReason
 from app.testing.fake_openai import Reply
+from app.testing.fake_twilio_api import CALL_NOT_IN_PROGRESS
 from app.testing.speech_engine import SpeechEngineClient
 from ingest.pipeline import run_ingest
 from tests.support.config import API_KEY, PUBLIC_URL, SECRET, TARGETS, UNLISTED
@@ -24,6 +27,7 @@ from tests.support.phone import (
     tool_names,
     tool_results,
 )
+from tests.support.waiting import until
 
 # --- transfer ---------------------------------------------------------------------------------
 
@@ -70,6 +74,35 @@ async def test_a_caller_asking_for_a_person_hears_the_line_then_is_redirected_on
     assert tool_names(stranger_request) == ["take_message", GAP_TOOL]
 
 
+@pytest.mark.parametrize("fallback", ["+15550001111", None], ids=["fallback", "no-fallback"])
+async def test_a_transfer_twilio_refuses_sends_the_caller_to_the_fallback_number_or_talks_on(
+    serve, call_settings, fake_elevenlabs, fake_model, twilio_api, fallback
+) -> None:
+    twilio_api.refusing = CALL_NOT_IN_PROGRESS
+    line = "Of course, I'll put you through to our sales team now."
+    fake_model.queue(Reply.text(line, tool_calls=[("transfer_call", '{"department": "sales"}')]), Reply(tokens=[]))
+    settings = {**call_settings, "fallback_number": fallback}
+    async with phone_call(serve, settings, fake_elevenlabs, twilio_api) as phone:
+        await phone.client.ask("can I talk to a real person about buying a plan?")
+        await phone.speak(0.4)
+        if fallback:
+            assert await phone.caller.wait_closed() == 1000  # the stream ends as failed...
+            after = await phone.caller.connect_action()  # ...and Twilio asks what next
+        else:
+            await until(lambda: twilio_api.refused_updates, what="the redirect refused")
+            answer = await phone.client.ask("hello, are you still there?")
+            assert not phone.caller.closed.is_set()  # the call goes on with the agent
+            await phone.hung_up()
+        failed = phone.counted("switchboard_call_actions_total", action="transfer", outcome="failed")
+    ((sid, form),) = twilio_api.refused_updates
+    assert sid == phone.caller.call_sid and dialled(form)[1] == [TARGETS["sales"]] and failed == 1
+    assert twilio_api.call_updates == []
+    if fallback:
+        assert after.dialled == [fallback] and "Sorry" in after.said[0]
+    else:
+        assert answer.text == "You asked: hello, are you still there?. Thank you for calling."
+
+
 async def test_dtmf_zero_transfers_to_the_default_department_without_the_model(
     serve, call_settings, fake_elevenlabs, fake_model, twilio_api
 ) -> None:
@@ -102,6 +135,36 @@ async def test_dtmf_zero_transfers_to_the_default_department_without_the_model(
     assert busy.verbs == ["Say", "Dial", "Hangup"] and busy.dialled == ["+15550001111"]
     assert answered.verbs == ["Hangup"]
     assert forged.status == 403
+
+
+async def test_with_redis_down_mid_call_a_transfer_cannot_be_done_and_the_agent_says_so(
+    serve, call_settings, fake_elevenlabs, fake_model, twilio_api, fresh_redis
+) -> None:
+    """Call state in Redis (REDIS_URL): Redis goes away mid-call, so no claim can be made on the call's
+    allowance. The model is told the transfer cannot be done right now, the keypad's 0 is counted
+    unavailable, and the call goes on."""
+    sorry = "I'm sorry, I can't put you through right now. Shall I take a message instead?"
+    fake_model.queue(
+        Reply.text("Hello, how can I help?"),
+        Reply(tokens=[], tool_calls=[("transfer_call", '{"department": "sales"}')]),
+        Reply.text(sorry),
+    )
+    async with phone_call(serve, {**call_settings, "redis_url": fresh_redis.url}, fake_elevenlabs, twilio_api) as phone:
+        await phone.client.ask("hello?")  # the brain has found the call
+        fresh_redis.stop()
+        answer = await phone.client.ask("can I talk to a real person about buying a plan?")
+        (result,) = tool_results(fake_model.requests[2])
+        assert result["ok"] is False and "cannot be done right now" in result["error"]
+        assert answer.text == sorry
+        await phone.pressed("0")
+
+        def unavailable() -> float:
+            return phone.counted("switchboard_tool_calls_total", tool="transfer_call", outcome="unavailable")
+
+        await until(lambda: unavailable() == 2, what="the keypad's claim counted")  # the model's, the keypad's
+        goes_on = await phone.client.ask("ok, thanks")
+        await phone.hung_up()
+    assert goes_on.text.startswith("You asked: ok, thanks") and twilio_api.call_updates == []
 
 
 # --- ending the call --------------------------------------------------------------------------
