@@ -1,4 +1,4 @@
-"""Tools on real calls (see `tests.phone`): transfers, hang-ups and messages, and what neither the
+"""Tools on real calls (see `tests.support.phone`): transfers, hang-ups and messages, and what neither the
 caller nor the documents can make happen."""
 
 from __future__ import annotations
