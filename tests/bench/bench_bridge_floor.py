@@ -17,16 +17,15 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import httpx
 import uvloop
 
+from tests.support.paths import REPO
 from tests.support.ports import listening_socket
 from tests.support.processes import cpu_seconds
 
-REPO = Path(__file__).resolve().parents[2]
 CALLS = 50
 SECONDS = float(os.environ.get("BENCH_BRIDGE_SECONDS", "20"))
 FRAME_S = 0.02
