@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from app.knowledge.store import PLACEHOLDER_VECTOR
@@ -51,7 +52,9 @@ class Lease:
         # (generation, beat) of the current claim and when this process first saw it so.
         self._seen: tuple[int, int, float] | None = None
 
-    def acquire(self, wait_seconds: float) -> None:
+    def acquire(self, wait_seconds: float, waiting: Callable[[], None] | None = None) -> None:
+        """Claim the lease, waiting up to `wait_seconds` for a live holder (`waiting()` is called
+        once, when one is first seen)."""
         deadline = time.monotonic() + wait_seconds
         while True:
             claims = self._claims()
@@ -66,6 +69,9 @@ class Lease:
                     f"another ingest ({claim['holder']}) is writing this index on {self._where}; "
                     f"waited {wait_seconds:g} s; run again when it has finished"
                 )
+            if waiting is not None:
+                waiting()
+                waiting = None
             time.sleep(_POLL_SECONDS)
 
     def check(self) -> None:

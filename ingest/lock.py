@@ -9,7 +9,7 @@ a message naming the holder.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,10 +22,13 @@ LOCK_FILE = "ingest.lock"
 
 
 @contextmanager
-def ingest_lock(settings: Settings, wait_seconds: float) -> Iterator[Lease | None]:
-    """Held for the whole ingest; yields the lease on a Chroma server (check it before switching)."""
+def ingest_lock(
+    settings: Settings, wait_seconds: float, waiting: Callable[[], None] | None = None
+) -> Iterator[Lease | None]:
+    """Held for the whole ingest; yields the lease on a Chroma server (check it before switching).
+    `waiting()` is called once if another ingest holds it, before waiting for that one to finish."""
     if not settings.chroma_server:
-        with _flock(settings.index_dir, wait_seconds):
+        with _flock(settings.index_dir, wait_seconds, waiting):
             yield None
         return
     lease = Lease(
@@ -33,7 +36,7 @@ def ingest_lock(settings: Settings, wait_seconds: float) -> Iterator[Lease | Non
         f"Chroma server {settings.chroma_host}:{settings.chroma_port}",
         settings.ingest_lease_seconds,
     )
-    lease.acquire(wait_seconds)
+    lease.acquire(wait_seconds, waiting)
     try:
         yield lease
     finally:
@@ -41,7 +44,7 @@ def ingest_lock(settings: Settings, wait_seconds: float) -> Iterator[Lease | Non
 
 
 @contextmanager
-def _flock(index_dir: Path, wait_seconds: float) -> Iterator[None]:
+def _flock(index_dir: Path, wait_seconds: float, waiting: Callable[[], None] | None) -> Iterator[None]:
     path = index_dir / LOCK_FILE
 
     def busy() -> IngestBusy:
@@ -51,7 +54,7 @@ def _flock(index_dir: Path, wait_seconds: float) -> Iterator[None]:
             f"waited {wait_seconds:g} s; run again when it has finished"
         )
 
-    with flocked(path, exclusive=True, wait_seconds=wait_seconds, busy=busy) as handle:
+    with flocked(path, exclusive=True, wait_seconds=wait_seconds, busy=busy, waiting=waiting) as handle:
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

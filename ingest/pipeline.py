@@ -60,7 +60,11 @@ def run_ingest(
     root = source if source is not None else settings.knowledge_dir
     spec = resolve_model(settings.embedding_model)
     require_directory(root)  # before waiting for the lock: nothing to wait for
-    with ingest_lock(settings, wait_seconds) as lease:
+
+    def waiting() -> None:
+        stages.start("waiting", f"another ingest is writing this index; up to {wait_seconds:g} s for it to finish")
+
+    with ingest_lock(settings, wait_seconds, waiting) as lease:
         try:
             report = _Ingest(settings, spec, root, stages, strict, wait_seconds, lease).run()
         except StrictRefused as exc:

@@ -1,4 +1,5 @@
-"""Shared fixtures: explicit settings, the fakes, a live server, and a guard against leaked tasks."""
+"""Shared fixtures: explicit settings, the fakes, a live server, and a guard against leaked tasks.
+Constants and helpers live in `tests/support/`."""
 
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ from app import create_app
 from app.settings import Settings
 from app.testing.fake_openai import FakeOpenAI
 from app.testing.live_server import LiveServer
-
-SECRET = "test-shared-secret"
-KNOWLEDGE = Path(__file__).resolve().parent.parent / "knowledge"
-API_KEY = "sk_test_elevenlabs_key"
+from tests.support.config import ACCOUNT_SID, API_KEY, ENGINE_ID, PUBLIC_URL, SECRET, TARGETS, TWILIO_TOKEN
+from tests.support.paths import KNOWLEDGE
+from tests.support.ports import refusing
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +56,7 @@ def kb_index(shared_data_dir: Any) -> Path:
 def index_settings(request: pytest.FixtureRequest, tmp_path: Path, shared_data_dir: Path) -> Callable[..., Settings]:
     """Settings for an index of its own under tmp_path/kb, embedded or on the Chroma server that
     .ci/run starts (CHROMA_TEST_HOST/CHROMA_TEST_PORT; skipped without one)."""
-    from tests.index_support import clear_server, server_address
+    from tests.support.index import clear_server, server_address
 
     server: dict[str, Any] = {}
     if request.param == "server":
@@ -78,7 +78,7 @@ def index_settings(request: pytest.FixtureRequest, tmp_path: Path, shared_data_d
 
 @pytest.fixture
 def running() -> Iterator[list[Any]]:
-    """`python -m ingest` processes a test starts (tests.index_support.Running), killed if left running."""
+    """`python -m ingest` processes a test starts (tests.support.index.Running), killed if left running."""
     started: list[Any] = []
     yield started
     for run in started:
@@ -120,13 +120,14 @@ def serve(make_settings: Callable[..., Settings]) -> Callable[..., Any]:
     return start
 
 
-# --- the phone side: Twilio and ElevenLabs stand-ins ------------------------------------------
+@pytest.fixture
+def refused() -> Iterator[str]:
+    """`127.0.0.1:<port>` where nothing answers: every connection is refused (a peer that is down)."""
+    with refusing() as address:
+        yield address
 
-TWILIO_TOKEN = "test-twilio-auth-token"
-ACCOUNT_SID = "AC" + "5" * 32
-TARGETS = {"sales": "+15551230001", "support": "+15551230002"}
-PUBLIC_URL = "https://switchboard.example"
-ENGINE_ID = "seng_test"
+
+# --- the phone side: Twilio and ElevenLabs stand-ins ------------------------------------------
 
 
 @pytest.fixture
@@ -181,7 +182,7 @@ def call_settings(phone_settings, fake_model, twilio_api, kb_index) -> dict[str,
 @pytest.fixture(scope="session")
 def postgres() -> Any:
     """One throwaway PostgreSQL cluster for the session; each test makes its own database in it."""
-    from tests.servers import postgres_server
+    from tests.support.servers import postgres_server
 
     with postgres_server() as server:
         yield server
@@ -190,7 +191,7 @@ def postgres() -> Any:
 @pytest.fixture(scope="module")
 def redis() -> Any:
     """A throwaway redis-server for a module's tests (a test may stop it; `fresh_redis` restarts it)."""
-    from tests.servers import redis_server
+    from tests.support.servers import redis_server
 
     with redis_server() as server:
         yield server

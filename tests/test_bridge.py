@@ -19,7 +19,7 @@ from app.telephony.state import BridgeLimits, Telephony
 from app.testing.fake_elevenlabs import FakeElevenLabs
 from app.testing.live_server import LiveServer
 from app.testing.twilio_caller import TwilioCaller, ulaw_frames
-from tests.conftest import PUBLIC_URL, TWILIO_TOKEN
+from tests.support.config import PUBLIC_URL, TWILIO_TOKEN
 
 FAST = BridgeLimits(start_timeout=2, ready_timeout=2, send_timeout=1, close_timeout=1)
 

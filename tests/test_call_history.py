@@ -12,20 +12,26 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
-from app.records.events import TurnDone
+from app.records.database import create_engine
+from app.records.events import CallEnded, CallReceived, CallRefused, CallTransferred, TurnDone
+from app.records.schema import calls, gaps, messages, passages, turns
+from app.settings import Settings
 from app.testing.fake_openai import Reply
 from app.testing.live_server import LiveServer
 from app.testing.speech_engine import SpeechEngineClient
 from app.testing.twilio_caller import TwilioCaller, ulaw_frames
-from tests.conftest import API_KEY, PUBLIC_URL, SECRET, TWILIO_TOKEN
-from tests.phone import Phone, phone_call, tool_results
-from tests.servers import missing, postgres_server
+from tests.support.calls import sid
+from tests.support.config import API_KEY, PUBLIC_URL, SECRET, TWILIO_TOKEN
+from tests.support.phone import messages_of, phone_call, tool_results
+from tests.support.servers import missing, postgres_server
 
 PASSWORD = "correct horse battery staple"
 AUTH = ("admin", PASSWORD)
@@ -56,14 +62,6 @@ def history(call_settings: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     return {**call_settings, "database_url": f"sqlite:///{tmp_path / 'records.sqlite3'}", "admin_password": PASSWORD}
 
 
-async def hung_up(phone: Phone) -> None:
-    await phone.caller.hang_up()
-    registry = phone.svc.registry
-    async with asyncio.timeout(5):
-        while registry.lookup(call_sid=phone.caller.call_sid) is not None:  # noqa: ASYNC110 - the bridge's end
-            await asyncio.sleep(0.02)
-
-
 async def test_a_whole_call_is_in_the_calls_command_and_on_the_review_page(
     serve, history, fake_elevenlabs, fake_model, twilio_api
 ) -> None:
@@ -79,7 +77,7 @@ async def test_a_whole_call_is_in_the_calls_command_and_on_the_review_page(
         await phone.client.ask("can I talk to someone in sales?")
         await phone.speak(0.3, event_id=2)
         await twilio_api.call_updates.wait(1)
-        await hung_up(phone)
+        await phone.hung_up()
         await flushed(phone.server)
         sid = phone.caller.call_sid
         async with httpx.AsyncClient(base_url=phone.server.http_url, auth=AUTH) as browser:
@@ -104,6 +102,33 @@ async def test_a_whole_call_is_in_the_calls_command_and_on_the_review_page(
     assert "how much is the autopay discount?" in page.text and "transferred to sales" in page.text
     assert "billing/" in page.text and "<details>" in page.text and 'class="latency"' in page.text
     assert sid in transferred.text and sid not in answered.text
+
+
+async def test_with_record_calls_false_a_call_leaves_its_message_and_no_other_record(
+    serve, history, fake_elevenlabs, fake_model, twilio_api
+) -> None:
+    message = {"name": "Dana", "callback_number": "(415) 555-0100", "message": "Call me back."}
+    fake_model.queue(
+        Reply.text("Autopay takes five dollars off every monthly bill."),
+        Reply(tokens=[], tool_calls=[("take_message", json.dumps(message))]),
+        Reply.text("I've passed that on."),
+    )
+    async with phone_call(serve, {**history, "record_calls": False}, fake_elevenlabs, twilio_api) as phone:
+        await phone.svc.records.ready.wait()
+        await phone.client.ask("do you offer pet insurance?")
+        saved = await phone.client.ask("can I leave a message for billing?")
+        await phone.hung_up()
+    assert saved.text == "I've passed that on."
+    (kept,) = await messages_of(history, phone.caller.call_sid)
+    assert (kept.name, kept.callback_number, kept.message) == ("Dana", "+14155550100", "Call me back.")
+    engine = create_engine(Settings(_env_file=None, database_url=history["database_url"]))
+    try:
+        async with engine.connect() as conn:
+            rows = {table.name: (await conn.execute(select(func.count()).select_from(table))).scalar_one()
+                    for table in (calls, turns, passages, gaps, messages)}  # fmt: skip
+    finally:
+        await engine.dispose()
+    assert rows == {"calls": 0, "turns": 0, "passages": 0, "gaps": 0, "messages": 1}
 
 
 async def test_paraphrases_asked_in_two_calls_form_one_gap_and_card_numbers_are_never_stored(
@@ -159,8 +184,6 @@ async def review(serve: Any, make_settings: Any, tmp_path: Path, **overrides: An
 
 
 def hostile_turn(call_sid: str) -> TurnDone:
-    from datetime import UTC, datetime
-
     from app.knowledge.retrieval import Passage
 
     return TurnDone(
@@ -182,10 +205,6 @@ def hostile_turn(call_sid: str) -> TurnDone:
 
 
 async def seeded(server: LiveServer, call_sid: str) -> None:
-    from datetime import UTC, datetime
-
-    from app.records.events import CallEnded, CallReceived
-
     svc = server.app.extensions["switchboard"]
     svc.records.record(CallReceived(call_sid, "+14155550100", datetime.now(UTC)))
     svc.records.record(hostile_turn(call_sid))
@@ -235,6 +254,64 @@ async def test_changes_need_the_pages_csrf_token_and_everything_is_escaped(serve
     assert forged.status_code == missing.status_code == cross_site.status_code == 403
     assert 'id="gap-' in still_open.text
     assert done.status_code == 303 and 'id="gap-' not in after.text
+
+
+def timed_turn(call_sid: str, at: datetime, first_chunk_ms: float, unanswered: str | None = None) -> TurnDone:
+    return TurnDone(
+        call_sid=call_sid, conversation_id=None, event_id=1, started_at=at, caller_text="a question",
+        agent_text="an answer", interrupted=False, outcome="answered", abstained=unanswered is not None,
+        fallback=None, tools=[], timings_ms={"first_chunk": first_chunk_ms, "total": first_chunk_ms + 500},
+        unanswered=unanswered,
+    )  # fmt: skip
+
+
+async def test_the_overview_counts_known_calls(serve, make_settings, tmp_path) -> None:
+    """Six calls in the last 14 days (two answered, one each transferred, with a message, with an
+    unanswered question, turned away busy) and one older, whose turns took 100 to 500 ms and 10 s."""
+    now = datetime.now(UTC)
+    today, yesterday, earlier, old = now, now - timedelta(days=1), now - timedelta(days=3), now - timedelta(days=20)
+    calls = {  # call SID: (started, first words in ms, how it went)
+        sid(1): (today, 100.0, "answered"),
+        sid(2): (today, 200.0, "transferred"),
+        sid(3): (today, 300.0, "message"),
+        sid(4): (yesterday, 400.0, "unanswered"),
+        sid(5): (yesterday, 500.0, "answered"),
+        sid(6): (earlier, None, "busy"),
+        sid(7): (old, 10_000.0, "answered"),
+    }
+    async with review(serve, make_settings, tmp_path) as server:
+        svc = server.app.extensions["switchboard"]
+        for call_sid, (at, first_chunk_ms, outcome) in calls.items():
+            svc.records.record(CallReceived(call_sid, "+14155550100", at))
+            if outcome == "busy":
+                svc.records.record(CallRefused(call_sid, "busy", at))
+                continue
+            unanswered = "do you offer pet insurance?" if outcome == "unanswered" else None
+            svc.records.record(timed_turn(call_sid, at, first_chunk_ms, unanswered))
+            if outcome == "transferred":
+                svc.records.record(CallTransferred(call_sid, "sales"))
+            svc.records.record(CallEnded(call_sid, "caller_hung_up", "caller_hung_up", at, 30.0))
+        await flushed(server)
+        await svc.records.messages.add(name="Ada", callback_number="+14155550100", message="Call me.",
+                                       call_sid=sid(3), caller=None, conversation_id=None)  # fmt: skip
+        async with httpx.AsyncClient(base_url=server.http_url, auth=AUTH) as web:
+            page = (await web.get("/admin")).text
+    figures = dict(
+        (label.strip(), figure) for figure, label in re.findall(r'<span class="figure">([^<]*)</span>\s*([^<(]+)', page)
+    )
+    assert figures == {
+        "calls": "6",
+        "answered": "33%",
+        "transferred": "17%",
+        "left a message": "17%",
+        "with an unanswered question": "17%",
+        "time to first words, p50 / p95": "300 / 480 ms",  # of 100, 200, 300, 400 and 500 ms
+    }
+    assert "(5 recent turns)" in page
+    per_day = dict(re.findall(r"<title>(\d\d \w{3}): (\d+) calls</title>", page))
+    assert len(per_day) == 14 and sum(map(int, per_day.values())) == 6
+    for day, count in ((today, "3"), (yesterday, "2"), (earlier, "1")):
+        assert per_day[day.strftime("%d %b")] == count
 
 
 # --- in a real browser ----------------------------------------------------------------------------
@@ -329,7 +406,7 @@ async def test_postgresql_going_away_mid_call_loses_no_audio_and_no_message(
             assert svc.records.recorder.pending >= 1  # the turn made while it is away waits in the buffer
             await asyncio.to_thread(pg.start)
             await svc.records.recorder.flushed(timeout=60)
-            await hung_up(phone)
+            await phone.hung_up()
             sid = phone.caller.call_sid
         shown = command(settings, "calls", "show", sid, "--json")
     assert [t["caller"] for t in shown["turn_list"]] == [

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
 
-from app.calls.control import CallControl, EndReason
+import pytest
+
+from app.calls.control import EndReason
 from app.calls.registry import (
     CALL_LIMITS,
     END_TOOL,
@@ -17,30 +20,7 @@ from app.calls.registry import (
     InProcessCallRegistry,
     Line,
 )
-
-FAST = ActionTimings(
-    turn_timeout=5, line_start_timeout=5, settle=0.01, heard_timeout=5, audio_poll=0.005, close_timeout=5
-)
-SID = "CA" + "1" * 32
-OTHER_SID = "CA" + "2" * 32
-
-
-class Stream:
-    """The bridge's side of a CallControl: agent audio out, marks out, Twilio's echoes in."""
-
-    def __init__(self, call_sid: str = SID, conversation_id: str | None = "conv_1") -> None:
-        self.marks: list[str] = []
-        self.control = CallControl(call_sid, "MZ" + "0" * 32, "+14155550100", self._send_mark)
-        self.control.conversation_id = conversation_id
-
-    async def _send_mark(self, name: str) -> bool:
-        self.marks.append(name)
-        return True
-
-    def play(self, event_id: int = 1) -> str:
-        """Agent audio goes out and the bridge marks it; returns the mark Twilio will echo."""
-        self.control.audio_sent()
-        return self.control.audio_mark(event_id)
+from tests.support.calls import CALLER, FAST, OTHER_SID, SID, Actions, Stream, after_now
 
 
 def registry() -> InProcessCallRegistry:
@@ -57,7 +37,7 @@ async def test_brain_first_waits_for_the_bridge() -> None:
     await calls.call_started(stream.control)
     live = await by_sid
     assert live is not None and live is await by_conversation
-    assert live.call_sid == SID and live.conversation_id == "conv_1" and live.caller == "+14155550100"
+    assert live.call_sid == SID and live.conversation_id == "conv_1" and live.caller == CALLER
     assert calls._waiters == {}
 
 
@@ -112,24 +92,43 @@ async def test_limits_are_per_call_and_end_with_it() -> None:
     assert await live.claim(TRANSFER_TOOL) == "limit"  # ended: nothing more
 
 
-class Actions:
-    """The registry's executor: records what it was asked to do, and can be held up."""
-
-    def __init__(self) -> None:
-        self.done: list[tuple[str, str]] = []
-        self.started = asyncio.Event()
-        self.acted = asyncio.Event()
-        self.release: asyncio.Event | None = None
-
-    async def __call__(self, call: Any, action: CallAction) -> None:
-        self.started.set()
-        if self.release is not None:
-            await self.release.wait()
-        self.done.append((call.call_sid, action.kind))
-        self.acted.set()
+# A call that has passed every wait, in a registry that waits longer at every step: once its action
+# has run, an action that skipped one of its waits would have run before it (asyncio fires timers in
+# deadline order). Its run is the event that proves the other action is still waiting.
+SLOWER = replace(FAST, settle=FAST.settle * 20, audio_poll=FAST.audio_poll * 4)
 
 
-async def test_action_runs_only_after_the_line_is_spoken_and_heard() -> None:
+@asynccontextmanager
+async def twin(actions: Actions) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """`await acted()`: a heard line's action, on a call in a slower registry, has run."""
+    calls = InProcessCallRegistry(timings=SLOWER)
+    calls.executor = actions
+    stream = Stream(OTHER_SID, "conv_twin")
+    await calls.call_started(stream.control)
+    live = calls.lookup(call_sid=OTHER_SID)
+    assert live is not None
+
+    async def acted() -> None:
+        before = actions.done.count((OTHER_SID, "end"))
+        line = live.line()
+        line.spoken.set()
+        stream.control.mark_echoed(stream.play())
+        live.after_line(CallAction("end"), line)
+        async with asyncio.timeout(5):
+            while actions.done.count((OTHER_SID, "end")) == before:
+                actions.acted.clear()
+                await actions.acted.wait()
+
+    try:
+        yield acted
+    finally:
+        await calls.close()
+
+
+@pytest.mark.parametrize("waiting_for", ["text", "audio", "echo"])
+async def test_an_action_waits_until_its_line_is_spoken_started_and_heard(waiting_for: str) -> None:
+    """`text`: the turn's text is still going out; `audio`: the line's audio has not begun; `echo`:
+    it is playing, its mark not yet echoed."""
     calls = registry()
     calls.executor = actions = Actions()
     stream = Stream()
@@ -138,18 +137,20 @@ async def test_action_runs_only_after_the_line_is_spoken_and_heard() -> None:
     assert live is not None
     line = live.line()
     live.after_line(CallAction("transfer", "sales"), line)
-    await asyncio.sleep(0.05)
-    assert actions.done == []  # the turn's text is still streaming
+    mark = None
+    if waiting_for != "text":
+        line.spoken.set()
+    if waiting_for != "audio":
+        mark = stream.play()
+        if waiting_for != "echo":
+            stream.control.mark_echoed(mark)
+    async with twin(actions) as acted:
+        await acted()
+    assert actions.done == [(OTHER_SID, "end")]  # ours is still waiting
     line.spoken.set()
-    await asyncio.sleep(0.05)
-    assert actions.done == []  # no audio of the line yet
-    mark = stream.play()
-    await asyncio.sleep(0.05)
-    assert actions.done == []  # playing, not yet heard
-    stream.control.mark_echoed(mark)
-    async with asyncio.timeout(5):
-        await actions.acted.wait()
-    assert actions.done == [(SID, "transfer")]
+    stream.control.mark_echoed(mark or stream.play())
+    await actions.wait(2)
+    assert actions.done == [(OTHER_SID, "end"), (SID, "transfer")]
     await calls.close()
 
 
@@ -165,37 +166,32 @@ async def test_a_line_started_elsewhere_is_placed_by_its_wall_clock_time() -> No
     assert live is not None
     # The action arrives before its line's audio has started.
     earlier = stream.play()  # the previous answer, still playing when the turn began
-    await asyncio.sleep(0.01)
-    line = Line(None, at=time.time())
+    line = Line(None, at=after_now())
     line.spoken.set()
-    await asyncio.sleep(0.01)
     live.after_line(CallAction("end"), line)
     stream.control.mark_echoed(earlier)
-    await asyncio.sleep(0.1)
-    assert actions.done == []  # the earlier audio was heard, but this line has not started
+    async with twin(actions) as acted:
+        await acted()
+    assert actions.done == [(OTHER_SID, "end")]  # the earlier audio was heard, but this line has not started
     stream.control.mark_echoed(stream.play())
-    async with asyncio.timeout(5):
-        await actions.acted.wait()
-    assert actions.done == [(SID, "end")]
+    await actions.wait(2)
+    assert actions.done[1] == (SID, "end")
     # The usual case across replicas: the line's audio began while its text was still going out, so
     # it is already playing when the action arrives.
-    actions.acted.clear()
     earlier = stream.play()
-    await asyncio.sleep(0.01)
-    line = Line(None, at=time.time())
-    await asyncio.sleep(0.01)
+    line = Line(None, at=after_now())
     mark = stream.play()  # this line's audio
     stream.control.mark_echoed(earlier)
     line.spoken.set()
     live.after_line(CallAction("transfer", "sales"), line)
-    await asyncio.sleep(0.1)
-    assert actions.done == [(SID, "end")]  # the earlier audio was heard, but this line is still playing
+    async with twin(actions) as acted:
+        await acted()
+    assert actions.done[2:] == [(OTHER_SID, "end")]  # the earlier audio was heard, but this line is still playing
     stream.control.mark_echoed(mark)
     # Well within line_start_timeout: counting from the audio the stream had when the action arrived
     # would wait that long for audio of a line that had already begun.
-    async with asyncio.timeout(FAST.line_start_timeout / 2):
-        await actions.acted.wait()
-    assert actions.done == [(SID, "end"), (SID, "transfer")]
+    await actions.wait(4, timeout=FAST.line_start_timeout / 2)
+    assert actions.done[3] == (SID, "transfer")
     await calls.close()
 
 

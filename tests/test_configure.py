@@ -11,7 +11,7 @@ import pytest
 from app import configure
 from app.testing.fake_elevenlabs import FakeElevenLabs
 from app.testing.fake_twilio_api import FakeTwilioApi
-from tests.conftest import API_KEY, ENGINE_ID, SECRET
+from tests.support.config import API_KEY, ENGINE_ID, SECRET
 
 ACCOUNT = "AC" + "1" * 32
 TOKEN = "twilio-token"

@@ -9,7 +9,7 @@ import pytest
 from app.brain.small_talk import small_talk
 from app.brain.spoken_fallback import spoken_sentences
 from app.testing.speech_engine import SpeechEngineClient
-from tests.conftest import SECRET
+from tests.support.config import SECRET
 
 # Questions a caller might ask about the sample company in knowledge/, and the fact the answer must carry.
 QUESTIONS = [

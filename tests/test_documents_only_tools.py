@@ -3,14 +3,15 @@ calls through the webhook, bridge, engine stand-in and brain, each through the g
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from app.testing.phone import CallRecord, LocalSwitchboard, Phone
-from tests.phone import messages_of
-
-TARGETS = {"sales": "+12025550143", "support": "+12025550178"}
+from tests.support.config import TARGETS
+from tests.support.phone import messages_of
+from tests.support.servers import postgres_server
 
 
 @asynccontextmanager
@@ -60,6 +61,25 @@ async def test_a_message_is_taken_read_back_and_saved(make_settings, shared_data
     assert [(m.name, m.callback_number, m.message) for m in saved] == [
         ("Ada Lovelace", "+14155550199", "please call me about moving my service")
     ]
+
+
+async def test_a_message_that_cannot_be_saved_is_owned_up_to_and_a_person_offered(make_settings) -> None:
+    with postgres_server() as store:
+        # Calls not recorded: nothing else waits for the store at the end.
+        async with call(make_settings, database_url=store.create_database("messages"), record_calls=False) as phone:
+            assert phone.board.server is not None
+            await phone.board.server.app.extensions["switchboard"].records.ready.wait()
+            await say(phone, "I'd like to leave a message")
+            await say(phone, "my name is Ada Lovelace")
+            await say(phone, "415 555 0199")
+            await asyncio.to_thread(store.stop)  # the records store goes away
+            sorry = await say(phone, "please call me about moving my service")
+            tools = phone.record.turns[-1].tools
+            transfer = await say(phone, "yes please")
+    assert sorry == "I'm sorry, I couldn't save your message. Would you like me to put you through to someone instead?"
+    assert tools == ["take_message (failed)"]
+    assert transfer == "Of course. I'll put you through to sales now."
+    assert phone.record.transfer == {"department": "sales", "number": TARGETS["sales"], "said": ""}
 
 
 async def test_this_number_means_the_number_calling(make_settings, shared_data_dir) -> None:

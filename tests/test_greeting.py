@@ -17,7 +17,7 @@ from app.settings import Settings
 from app.testing.fake_elevenlabs import OVERRIDE_REFUSED, FakeElevenLabs
 from app.testing.fake_openai import Reply
 from app.testing.phone import CallRecord, LocalSwitchboard, Phone
-from tests.conftest import API_KEY, ENGINE_ID
+from tests.support.config import API_KEY, ENGINE_ID
 
 GREETING = "Thanks for calling Kestrel Broadband. How can I help?"
 

@@ -15,8 +15,9 @@ from app.knowledge.store import CHROMA_DIR
 from app.testing.fake_openai import FakeOpenAI, Reply
 from app.testing.speech_engine import SpeechEngineClient
 from ingest.pipeline import run_ingest
-from tests.conftest import SECRET
-from tests.index_support import clear_server, server_address
+from tests.support.config import SECRET
+from tests.support.index import clear_server, server_address
+from tests.support.waiting import until
 
 
 def model(fake: FakeOpenAI, **extra: object) -> dict[str, object]:
@@ -128,10 +129,11 @@ async def test_new_build_goes_live_between_turns(serve, make_settings, tmp_path:
         first = await client.ask("when does the shop on Quay Street open?")
         page.write_text("# Opening hours\n\nOur shop on Quay Street opens at half past seven every weekday.\n")
         report = await asyncio.to_thread(run_ingest, settings, docs)
-        # A readiness poll of the server's own report: the reload happens in another task.
-        async with asyncio.timeout(15):
-            while (await get_json(server, "/readyz"))[1]["index_build"] != report.build:  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
+
+        async def switched() -> bool:  # the server's own report: the reload happens in another task
+            return (await get_json(server, "/readyz"))[1]["index_build"] == report.build
+
+        await until(switched, timeout=15, what="the new build live", every=0.1)
         second = await client.ask("when does the shop on Quay Street open?")
     assert before["index_build"] != report.build
     assert "nine" in first.text and "half past seven" in second.text

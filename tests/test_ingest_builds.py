@@ -9,8 +9,6 @@ import json
 import os
 import random
 import shutil
-import threading
-import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +25,7 @@ from app.settings import Settings
 from ingest.errors import IngestBusy, NoPreviousBuild, NothingToIndex, SourceMissing
 from ingest.lock import ingest_lock
 from ingest.pipeline import StrictRefused, rollback, run_ingest
-from tests.index_support import (
+from tests.support.index import (
     PLANS,
     answers,
     assert_tidy,
@@ -278,25 +276,14 @@ def test_missing_source_and_empty_corpus_leave_the_live_build(index_settings: Ma
     assert pointer(settings).live == live and stored(settings) == before
 
 
-def test_second_ingest_refuses_or_waits_while_the_lock_is_held(index_settings: MakeSettings, kb: Path) -> None:
+def test_second_ingest_refuses_or_waits_while_the_lock_is_held(
+    index_settings: MakeSettings, kb: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Waiting for a lock that is released: `test_ingest_crash`, with an ingest in another process."""
     settings = index_settings(ingest_lease_seconds=2)
     with ingest_lock(settings, 0), pytest.raises(IngestBusy, match=r"another ingest \(pid \d+"):
-        run_ingest(settings, wait_seconds=0.2)
-
-    held = threading.Event()
-
-    def hold_briefly() -> None:
-        with ingest_lock(settings, 0):
-            held.set()
-            time.sleep(1.0)
-
-    holder = threading.Thread(target=hold_briefly)
-    holder.start()
-    held.wait(5)
-    started = time.monotonic()
-    report = run_ingest(settings, wait_seconds=30)
-    holder.join()
-    assert time.monotonic() - started >= 0.8 and report.build is not None
+        run_ingest(settings, wait_seconds=0.2, progress=True)
+    assert "[ingest] waiting: another ingest is writing this index; up to 0.2 s" in capfd.readouterr().err
 
 
 def test_command_line_report_exit_codes_and_rollback(index_settings: MakeSettings, kb: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from app.settings import Settings
 from ingest.pipeline import run_ingest
-from tests.index_support import (
+from tests.support.index import (
     PLANS,
     Running,
     answers,
@@ -95,11 +95,12 @@ def test_a_second_ingest_refuses_while_one_runs_and_waits_for_it(
     assert second.finish() == 3
     assert f"another ingest (pid {first.process.pid}" in second.stderr and "waited 0 s" in second.stderr
 
-    first.process.send_signal(signal.SIGCONT)
-    waiting = Running(settings, "--json", "--wait", "120")
+    waiting = Running(settings, "--wait", "120")
     running.append(waiting)
+    waiting.wait_for(r"\[ingest\] waiting: another ingest is writing this index")  # it found the lock held
+    first.process.send_signal(signal.SIGCONT)
     assert first.finish() == 0 and waiting.finish() == 0, waiting.stderr
-    assert '"noop": true' in waiting.stdout  # it ran after the first had finished the same work
+    assert waiting.stdout.startswith("Nothing changed")  # it ran after the first had finished the same work
 
 
 def test_a_killed_ingest_does_not_block_the_next_one(

@@ -18,8 +18,8 @@ from ingest.chunker import Chunker, Passage
 from ingest.document import Section, Unreadable
 from ingest.loaders import load_document
 from ingest.prepare import NO_TEXT, prepare_file
+from tests.support.paths import KNOWLEDGE
 
-REPO = Path(__file__).resolve().parents[1]
 SPEC = resolve_model("all-MiniLM-L6-v2")
 
 
@@ -185,7 +185,7 @@ def _assert_within_window(chunker: Chunker, passages: list[Passage]) -> None:
 
 
 def test_sample_knowledge_base_chunks_fit_the_window(chunker: Chunker) -> None:
-    files = [p for p in (REPO / "knowledge").rglob("*") if p.is_file() and not p.name.startswith(".")]
+    files = [p for p in KNOWLEDGE.rglob("*") if p.is_file() and not p.name.startswith(".")]
     if not files:
         pytest.skip("knowledge/ has no documents yet")
     passages = [p for f in files for p in chunker.split(load_document(f.suffix, f.read_bytes()))]

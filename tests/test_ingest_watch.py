@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.settings import Settings
-from tests.index_support import Running, answers, write_kb
+from tests.support.index import Running, answers, write_kb
 
 MakeSettings = Callable[..., Settings]
 

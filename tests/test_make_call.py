@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
-from tests.conftest import KNOWLEDGE
+from tests.support.paths import ENV_EXAMPLE, KNOWLEDGE
+from tests.support.processes import descendants, running
 
-REPO = KNOWLEDGE.parent
 COMMAND = [sys.executable, "-m", "app.testing.phone"]  # what `make call` runs
 GREETING = "Thanks for calling Kestrel Broadband. How can I help?"
 ADDRESS = re.compile(r"(?:http|ws)://127\.0\.0\.1:(\d+)")
@@ -30,7 +30,7 @@ def checkout(tmp_path: Path, shared_data_dir: Path, kb_index: Path) -> Path:
     them (ingested once per test session; `make call` would build it the same way if it were missing)."""
     root = tmp_path / "checkout"
     root.mkdir()
-    shutil.copy(REPO / ".env.example", root / ".env.example")
+    shutil.copy(ENV_EXAMPLE, root / ".env.example")
     (root / "knowledge").symlink_to(KNOWLEDGE)
     shutil.copytree(kb_index, root / "data" / "index")
     if (shared_data_dir / "models").is_dir():
@@ -97,21 +97,6 @@ async def test_the_quick_start_call_prints_the_conversation(checkout: Path) -> N
     assert (checkout / "data" / "call.log").stat().st_size > 0  # the server's log, out of the way
 
 
-def children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found |= {int(child) for child in (task / "children").read_text().split()}
-    return found | {grandchild for child in found for grandchild in children(child)}
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def refuses(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -142,7 +127,7 @@ async def test_ctrl_c_mid_call_leaves_nothing_running(checkout: Path) -> None:
                 assert line, "make call ended before answering"
         assert len(ports) == 4  # the server, the Twilio API, ElevenLabs' REST and conversation sockets
         assert all(not refuses(port) for port in ports)
-        spawned = children(process.pid)
+        spawned = descendants(process.pid)
         process.send_signal(signal.SIGINT)  # Ctrl-C, with the call still up
         async with asyncio.timeout(30):
             await process.wait()
@@ -151,5 +136,5 @@ async def test_ctrl_c_mid_call_leaves_nothing_running(checkout: Path) -> None:
             process.kill()
             await process.wait()
     assert process.returncode == 130
-    assert all(gone(pid) for pid in spawned)
+    assert not any(running(pid) for pid in spawned)
     assert all(refuses(port) for port in ports)

@@ -4,7 +4,6 @@ an aiosmtpd SMTP server) through failures, restarts and several replicas."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from app.notify.delivery import Delivery, DeliveryTimings
+from app.notify.delivery import Clock, Delivery, DeliveryTimings
 from app.notify.signature import HEADER
 from app.observability import Metrics
 from app.records.events import CallEnded, CallReceived, TurnDone
@@ -25,10 +24,13 @@ from app.records.queries import get_call
 from app.records.schema import outbox
 from app.records.store import RecordsStore
 from app.settings import Settings
-from tests.receiver import Receiver
+from app.testing.live_server import bound_socket
+from tests.support.calls import sid
+from tests.support.paths import README
+from tests.support.receiver import Receiver
+from tests.support.waiting import until
 
 SECRET = "whsec_test_secret"
-README = Path(__file__).resolve().parent.parent / "README.md"
 FAST = DeliveryTimings(send_timeout=10.0, mail_timeout=10.0, lease=30.0, poll=0.05, first_retry=0.05, max_retry=0.2)
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 
@@ -46,24 +48,56 @@ def signed_by(request: Any, secret: str) -> bool:
     return readme_verifier()(request.body, request.headers[HEADER], secret)
 
 
-def sid(n: int) -> str:
-    return f"CA{n:032x}"
+class JumpingClock(Clock):
+    """Time that jumps ahead to the next try instead of waiting for it, and notes each jump; with
+    nothing due (a wait of IDLE_S, the poll), it waits for the next event for real."""
+
+    IDLE_S = 10.0 * 86400
+
+    def __init__(self, start: datetime) -> None:
+        self.at = start
+        self.jumps: list[float] = []
+
+    def now(self) -> datetime:
+        return self.at
+
+    async def wait(self, woken: asyncio.Event, seconds: float) -> None:
+        if seconds >= self.IDLE_S:
+            await woken.wait()
+        elif not woken.is_set():
+            self.jumps.append(seconds)
+            self.at += timedelta(seconds=seconds)
+
+
+# The production timings, with the poll for other replicas' events out of the way of a jumping clock.
+JUMPING = replace(DeliveryTimings(), poll=JumpingClock.IDLE_S)
 
 
 class Notifying:
-    """A records store and its delivery task, as one replica runs them."""
+    """A records store and its delivery task, as one replica runs them (`deliver=False`: the test
+    starts the delivery task itself)."""
 
-    def __init__(self, settings: Settings, encode: Any = None, timings: DeliveryTimings = FAST) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        encode: Any = None,
+        timings: DeliveryTimings = FAST,
+        clock: Clock | None = None,
+        deliver: bool = True,
+    ) -> None:
         self.metrics = Metrics()
         self.store = RecordsStore(settings, self.metrics, encode)
         self.store.outbox.call_ended_grace = timedelta(0)
         self.delivery = Delivery(
-            settings, self.metrics, self.store.engine, self.store.outbox, self.store.ready, timings
+            settings, self.metrics, self.store.engine, self.store.outbox, self.store.ready, timings, clock
         )
+        self.clock = clock or Clock()
+        self.deliver = deliver
 
     async def __aenter__(self) -> Notifying:
         await self.store.start()
-        self.delivery.start()
+        if self.deliver:
+            self.delivery.start()
         async with asyncio.timeout(30):
             await self.store.ready.wait()
         return self
@@ -75,7 +109,7 @@ class Notifying:
     async def message(self, text: str = "Please call me about my bill.", call_sid: str | None = None) -> Any:
         return await self.store.messages.add(
             name="Dana Smith", callback_number="+14155550100", message=text, call_sid=call_sid,
-            caller="+14155550199", conversation_id=None,
+            caller="+14155550199", conversation_id=None, now=self.clock.now(),
         )  # fmt: skip
 
     def counted(self, outcome: str, kind: str = "webhook") -> float:
@@ -90,12 +124,12 @@ class Notifying:
 
     async def settled(self, timeout: float = 20.0) -> list[Any]:
         """The outbox once nothing in it is pending (the receiver's answer is recorded after it is read)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                rows = await self.rows()
-                if all(row.state != "pending" for row in rows):
-                    return rows
-                await asyncio.sleep(0.02)
+
+        async def rows() -> list[Any] | None:
+            found = await self.rows()
+            return found if all(row.state != "pending" for row in found) else None
+
+        return await until(rows, timeout=timeout, what="every event settled")
 
 
 @pytest.fixture
@@ -173,6 +207,43 @@ async def test_every_send_is_bounded_in_time_and_a_silent_receiver_is_retried(
             receiver.release()
             (row,) = await replica.settled()
     assert row.state == "delivered" and row.last_error is None and replica.counted("failed") >= 1
+
+
+async def test_an_event_waits_while_an_earlier_one_to_the_same_destination_is_retried(
+    notify_settings: Callable[..., Settings],
+) -> None:
+    clock = JumpingClock(T0)
+    async with Receiver(statuses=[500, 500, 500]) as receiver:
+        async with Notifying(notify_settings(receiver.url), timings=JUMPING, clock=clock, deliver=False) as replica:
+            await replica.message("First.")
+            await replica.message("Second.")  # due at once, behind one that will fail three times
+            replica.delivery.start()
+            await receiver.wait(lambda r: len(r.delivered()) == 2)
+    sent = [(r.event["data"]["message"], r.status) for r in receiver.requests]
+    assert sent == [("First.", 500)] * 3 + [("First.", 200), ("Second.", 200)]
+    assert len(clock.jumps) == 3  # the second waited out the first's three retries
+
+
+async def test_a_failing_destination_is_retried_from_2_s_doubling_to_an_hour_for_a_day_then_dead(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The production timings and retry window, on a clock that jumps to each next try."""
+    clock = JumpingClock(T0)
+    async with Receiver(statuses=[500] * 100) as receiver:
+        settings = make_settings(database_url=f"sqlite:///{tmp_path / 'records.sqlite3'}", data_dir=tmp_path,
+                                 notify_webhook_secret=SECRET, notify_webhook_url=receiver.url)  # fmt: skip
+        async with Notifying(settings, timings=JUMPING, clock=clock) as replica:
+            await replica.message()
+            (row,) = await replica.settled(timeout=120)
+    waits = clock.jumps
+    for n, waited in enumerate(waits):
+        doubling = min(2.0 * 2**n, 3600.0)  # 2 s, 4 s, 8 s ... up to an hour, each ±20 %
+        assert 0.8 * doubling <= waited <= 1.2 * doubling, (n, waited)
+    day = timedelta(days=1).total_seconds()
+    assert sum(waits[:-1]) < day <= sum(waits)  # the last try was the first a day or more after the event
+    assert row.state == "dead" and row.attempts == len(receiver.requests) == len(waits) + 1
+    assert row.done_at == clock.at and replica.counted("dead") == 1
+    assert 30 <= row.attempts <= 40  # about 35 tries in the day
 
 
 async def test_call_ended_counts_a_turn_written_after_the_end_and_new_gaps_are_announced(
@@ -311,24 +382,10 @@ class Mailbox:
             await self._server.wait_closed()
 
 
-async def until(check: Callable[[], Any], timeout: float = 20.0) -> None:
-    """A bounded wait on a condition only a poll can see (a metric, a row in the store)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.02)
-
-
 async def test_a_message_is_emailed_and_retried_while_the_smtp_server_is_down(
     notify_settings: Callable[..., Settings],
 ) -> None:
-    from tests.receiver import reserved_port
-
-    sock = reserved_port()
+    sock = bound_socket()
     port = sock.getsockname()[1]
     mailbox = Mailbox()
     settings = notify_settings(
@@ -359,9 +416,7 @@ async def test_a_message_is_emailed_and_retried_while_the_smtp_server_is_down(
 async def test_a_password_is_never_sent_to_an_smtp_server_without_starttls(
     notify_settings: Callable[..., Settings],
 ) -> None:
-    from tests.receiver import reserved_port
-
-    sock = reserved_port()
+    sock = bound_socket()
     mailbox = Mailbox()
     await mailbox.start(sock)
     settings = notify_settings(notify_email_to="team@example.com",
@@ -430,10 +485,8 @@ async def test_notify_test_pings_every_destination_and_prints_what_each_answered
     import os
     import sys
 
-    from tests.receiver import reserved_port
-
     mailbox = Mailbox()
-    sock = reserved_port()
+    sock = bound_socket()
     await mailbox.start(sock)
     async with Receiver(statuses=[200, 500]) as ok, Receiver(statuses=[500]) as failing:
         env = {**os.environ, "DATA_DIR": str(tmp_path), "NOTIFY_WEBHOOK_SECRET": SECRET,
@@ -461,13 +514,13 @@ async def test_notify_test_pings_every_destination_and_prints_what_each_answered
 
 
 async def test_retention_deletes_events_done_before_the_window_and_the_review_page_lists_the_rest(
-    notify_settings: Callable[..., Settings],
+    notify_settings: Callable[..., Settings], refused: str
 ) -> None:
     from app.records.outbox import dead_events, waiting
     from app.records.retention import purge
 
     now = datetime.now(UTC)
-    async with Notifying(notify_settings("http://127.0.0.1:9/never")) as replica:
+    async with Notifying(notify_settings(f"http://{refused}/never")) as replica:
         await replica.delivery.stop()
         for _ in range(4):
             await replica.message()
@@ -483,7 +536,7 @@ async def test_retention_deletes_events_done_before_the_window_and_the_review_pa
         gone = await purge(replica.store.engine, 30, now)
         left = [(row.id, row.state) for row in await replica.rows()]
     assert gone["events"] == 2 and left == [(ids[2], "delivered"), (ids[3], "pending")]
-    assert (queue.pending, queue.destination.shown) == (1, "http://127.0.0.1:9/…") and dead.id == ids[1]
+    assert (queue.pending, queue.destination.shown) == (1, f"http://{refused}/…") and dead.id == ids[1]
 
 
 # --- whole calls through the real routes -------------------------------------------------------------
@@ -513,7 +566,7 @@ async def test_a_call_that_leaves_a_message_announces_it_and_its_end_signed_to_t
     serve, notify_call, fake_elevenlabs, fake_model, twilio_api, receiver: Receiver
 ) -> None:
     from app.testing.fake_openai import Reply
-    from tests.phone import phone_call
+    from tests.support.phone import phone_call
 
     fake_model.queue(
         Reply(tokens=[], tool_calls=[("take_message", json.dumps(MESSAGE))]),
@@ -550,7 +603,7 @@ async def test_a_call_that_leaves_a_message_announces_it_and_its_end_signed_to_t
 async def test_a_slow_receiver_never_delays_a_call(serve, notify_call, fake_elevenlabs, fake_model, twilio_api) -> None:
     from app.testing.fake_openai import Reply
     from app.testing.twilio_caller import ulaw_frames
-    from tests.phone import phone_call
+    from tests.support.phone import phone_call
 
     fake_model.queue(
         Reply(tokens=[], tool_calls=[("take_message", json.dumps(MESSAGE))]),
@@ -582,44 +635,33 @@ async def test_a_slow_receiver_never_delays_a_call(serve, notify_call, fake_elev
 async def test_a_server_killed_after_the_message_is_saved_delivers_it_after_restart(
     fake_model, shared_data_dir, kb_index, tmp_path: Path
 ) -> None:
-    import os
     import signal
-    import sys
 
     import httpx
 
     from app.records.database import create_engine
     from app.testing.fake_openai import Reply
     from app.testing.speech_engine import SpeechEngineClient
-    from tests.conftest import SECRET as BRAIN_SECRET
-    from tests.receiver import reserved_port
-    from tests.servers import free_port
+    from tests.support.config import SECRET as BRAIN_SECRET
+    from tests.support.servers import AppProcess
 
-    sock = reserved_port()  # the receiver is down: connections are refused until it serves
+    sock = bound_socket()  # the receiver is down: connections are refused until it serves
     receiver = Receiver()
     records = f"sqlite:///{tmp_path / 'records.sqlite3'}"
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "DATA_DIR": str(shared_data_dir), "INDEX_DIR": str(kb_index),
-           "DATABASE_URL": records, "SHARED_SECRET": BRAIN_SECRET, "OPENAI_BASE_URL": fake_model.base_url,
-           "OPENAI_MODEL": "fake-model", "NOTIFY_WEBHOOK_URL": f"http://127.0.0.1:{sock.getsockname()[1]}/hook",
-           "NOTIFY_WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "WARNING", "ADMIN_PASSWORD": "pw"}  # fmt: skip
+    env = {"DATA_DIR": str(shared_data_dir), "INDEX_DIR": str(kb_index), "DATABASE_URL": records,
+           "SHARED_SECRET": BRAIN_SECRET, "OPENAI_BASE_URL": fake_model.base_url, "OPENAI_MODEL": "fake-model",
+           "NOTIFY_WEBHOOK_URL": f"http://127.0.0.1:{sock.getsockname()[1]}/hook", "NOTIFY_WEBHOOK_SECRET": SECRET,
+           "LOG_LEVEL": "WARNING", "ADMIN_PASSWORD": "pw"}  # fmt: skip
+    server = AppProcess(env, tmp_path)  # restarted on the same socket
 
-    async def serving() -> asyncio.subprocess.Process:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "app", "--host", "127.0.0.1", env=env, cwd=tmp_path
-        )
-        async with httpx.AsyncClient() as web, asyncio.timeout(120):
-            while True:
-                assert process.returncode is None, "the server exited"
-                try:
-                    # Ready, and the records store open (the review page answers 503 until it is).
-                    ready = await web.get(f"http://127.0.0.1:{port}/readyz")
-                    review = await web.get(f"http://127.0.0.1:{port}/admin/deliveries", auth=("admin", "pw"))
-                    if ready.status_code == review.status_code == 200:
-                        return process
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+    async def serving() -> None:
+        await server.start()
+
+        async def reviewing() -> bool:  # the review page answers 503 until the records store is open
+            async with httpx.AsyncClient() as web:
+                return (await web.get(f"{server.url}/admin/deliveries", auth=("admin", "pw"))).status_code == 200
+
+        await until(reviewing, what="the records store open", every=0.1)
 
     async def queued() -> list[Any]:
         engine = create_engine(Settings(_env_file=None, database_url=records))
@@ -633,24 +675,24 @@ async def test_a_server_killed_after_the_message_is_saved_delivers_it_after_rest
         Reply(tokens=[], tool_calls=[("take_message", json.dumps(MESSAGE))]),
         Reply.text("I've passed that on."),
     )
-    server = await serving()
     try:
-        async with await SpeechEngineClient.open(f"ws://127.0.0.1:{port}/ws", shared_secret=BRAIN_SECRET) as client:
+        await serving()
+        ws_url = server.url.replace("http://", "ws://")
+        async with await SpeechEngineClient.open(f"{ws_url}/ws", shared_secret=BRAIN_SECRET) as client:
             await client.init("conv_killed")
             answer = await client.ask("can I leave a message?")
         # Saved with its event, and tried twice: the next try is seconds away, so the kill most likely
         # finds no send in flight (if it does, that send's lease must lapse first: slower, still right).
         await until(lambda: _tried(queued, 2))
-        server.send_signal(signal.SIGKILL)
-        await server.wait()
+        server.signal(signal.SIGKILL)
+        await asyncio.to_thread(server.wait, 10)
         (before,) = await queued()
         await receiver.start(sock)
-        server = await serving()
+        await serving()
         await receiver.wait(lambda r: len(r.delivered()) == 1, timeout=120)
         await until(lambda: _tried(queued, 3, "delivered"))
     finally:
-        server.terminate()
-        await server.wait()
+        await asyncio.to_thread(server.stop)
         await receiver.stop()
     (after,) = await queued()
     assert answer.text == "I've passed that on."

@@ -22,14 +22,11 @@ from app.records.retention import purge
 from app.records.schema import calls, gaps, messages, passages, turns
 from app.records.store import RecordsStore
 from app.settings import Settings
-from tests.servers import postgres_server
+from tests.support.calls import sid
+from tests.support.servers import postgres_server
 
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 CARD = "4111 1111 1111 1111"
-
-
-def sid(n: int) -> str:
-    return f"CA{n:032x}"
 
 
 def turn(call_sid: str | None, said: str, *, at: datetime = T0, unanswered: str | None = None, **kw: Any) -> TurnDone:
@@ -347,7 +344,7 @@ async def test_records_wait_while_postgresql_is_away_and_arrive_when_it_returns(
             for n in range(2, 6):
                 store.record(CallReceived(sid(n), None, T0))
             store.record(turn(sid(2), "while the database was away", unanswered="do you offer pet insurance?"))
-            with pytest.raises(Exception):  # noqa: B017 - a message cannot be saved: the caller is told so
+            with pytest.raises(OSError):  # the store is unreachable: the message is not saved (the caller is told)
                 await store.messages.add(
                     name="A", callback_number="+14155550100", message="m", call_sid=None, caller=None,
                     conversation_id=None,
@@ -366,10 +363,10 @@ async def test_records_wait_while_postgresql_is_away_and_arrive_when_it_returns(
 
 
 async def test_past_its_bound_the_buffer_drops_and_counts(
-    make_settings: Callable[..., Settings], tmp_path: Path
+    make_settings: Callable[..., Settings], tmp_path: Path, refused: str
 ) -> None:
     # A store that is never reachable: nothing is written, the buffer fills, the rest is counted.
-    settings = make_settings(database_url="postgresql://nobody@127.0.0.1:9/none", data_dir=tmp_path)
+    settings = make_settings(database_url=f"postgresql://nobody@{refused}/none", data_dir=tmp_path)
     store = RecordsStore(settings, Metrics())
     assert store.recorder is not None
     store.recorder.capacity = 10

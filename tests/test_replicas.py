@@ -27,9 +27,11 @@ from app.testing.fake_elevenlabs import FakeConversation
 from app.testing.fake_openai import Reply
 from app.testing.speech_engine import SpeechEngineClient
 from app.testing.twilio_caller import TwilioCaller, ulaw_frames
-from tests.conftest import ACCOUNT_SID, API_KEY, ENGINE_ID, PUBLIC_URL, SECRET, TARGETS, TWILIO_TOKEN
-from tests.phone import CallUpdates, dialled, speak, tool_names, tool_results
-from tests.servers import AppProcess, nginx_in_front
+from tests.support.config import ACCOUNT_SID, API_KEY, ENGINE_ID, PUBLIC_URL, SECRET, TARGETS, TWILIO_TOKEN
+from tests.support.phone import CallUpdates, dialled, speak, tool_names, tool_results
+from tests.support.processes import children, running
+from tests.support.servers import AppProcess, nginx_in_front
+from tests.support.waiting import until
 
 LEASE_S = 3
 
@@ -86,7 +88,7 @@ def _own_index(env: dict[str, str], root: Path, n: int) -> dict[str, str]:
 async def cluster(env: dict[str, str], root: Path, count: int = 2, **overrides: str) -> AsyncIterator[Cluster]:
     replicas = [AppProcess(_own_index({**env, **overrides}, root, n), root) for n in range(count)]
     try:
-        await asyncio.gather(*(asyncio.to_thread(r.start) for r in replicas))
+        await asyncio.gather(*(r.start() for r in replicas))
         with nginx_in_front([r.port for r in replicas]) as url:
             yield Cluster(url, replicas)
     finally:
@@ -148,12 +150,11 @@ async def test_a_transfer_asked_by_the_brain_on_one_replica_happens_once_where_t
             assert await holder_of(replica_env, caller.call_sid) == await asyncio.to_thread(front.replica_id, 1)
             answer = await client.ask("can I talk to a real person about buying a plan?")
             assert answer.text == line
-            await asyncio.sleep(0.3)
-            assert twilio_api.call_updates == []  # said, but not yet heard
             audio = await speak(conv, 0.4, event_id=1)
             await twilio_api.call_updates.wait(1, timeout=20)
-            await asyncio.sleep(1.0)  # time for a second redirect, were there one
             await caller.hang_up()
+    # Both replicas have stopped, each once its actions under way were done: any second redirect
+    # would have been made by now.
     ((sid, form),) = twilio_api.call_updates
     assert sid == caller.call_sid and dialled(form)[1] == [TARGETS["sales"]]
     marks, echoed, played = twilio_api.call_updates.heard[0]
@@ -180,9 +181,9 @@ async def test_keypad_zero_on_the_stream_replica_transfers_a_call_whose_brain_is
             # The brain is then asked for a transfer too: the shared claim refuses it, the keypad's
             # transfer having used the call's one.
             await client.ask("put me through to support")
-            await asyncio.sleep(1.0)  # time for a second redirect, were there one
             await caller.hang_up()
-    ((sid, form),) = twilio_api.call_updates  # one redirect, to the keypad's department
+    # The brain was refused (below), and both replicas have stopped: one redirect, the keypad's.
+    ((sid, form),) = twilio_api.call_updates
     assert sid == caller.call_sid and dialled(form)[1] == [TARGETS["sales"]]
     assert "take_message" in tool_names(fake_model.requests[0])
     (result,) = tool_results(fake_model.requests[2])
@@ -210,9 +211,8 @@ async def test_admission_counts_calls_on_every_replica_and_a_killed_replicas_slo
                     "Connect"
                 ]
 
-            async with asyncio.timeout(LEASE_S * 4):
-                while not await admitted():  # noqa: ASYNC110 - the dead replica's lease lapses on Redis's clock
-                    await asyncio.sleep(0.25)
+            # The dead replica's lease lapses on Redis's clock.
+            await until(admitted, timeout=LEASE_S * 4, what="a call admitted", every=0.25)
 
 
 async def test_a_draining_replica_finishes_its_call_hands_new_calls_on_and_then_stops(
@@ -223,9 +223,11 @@ async def test_a_draining_replica_finishes_its_call_hands_new_calls_on_and_then_
         draining = front.replicas[0]
         async with call(front, fake_elevenlabs, webhook=0, stream=0, brain=0) as (caller, conv, client):
             draining.signal(signal.SIGTERM)
-            async with asyncio.timeout(10):
-                while await asyncio.to_thread(draining.status) != 503:  # noqa: ASYNC110
-                    await asyncio.sleep(0.1)
+
+            async def unready() -> bool:
+                return await draining.status() == 503
+
+            await until(unready, timeout=10, what="/readyz 503 while draining", every=0.1)
             await goes_on(caller, conv, client, event_id=7)
             # A new call reaching the draining replica is handed on, and taken by the other.
             newcomer = TwilioCaller(front.url, PUBLIC_URL, TWILIO_TOKEN)
@@ -246,7 +248,7 @@ async def test_when_drain_seconds_run_out_the_caller_hears_a_goodbye_before_the_
     if not rest:
         del env["TWILIO_ACCOUNT_SID"]
     server = AppProcess(env, tmp_path)
-    await asyncio.to_thread(server.start)
+    await server.start()
     try:
         async with TwilioCaller(server.url, PUBLIC_URL, TWILIO_TOKEN, realtime=True) as caller:
             twilio_api.call_updates = CallUpdates(caller)
@@ -275,10 +277,13 @@ async def test_redis_going_away_keeps_calls_up_turns_new_ones_away_and_recovers_
         async with call(front, fake_elevenlabs, webhook=0, stream=0, brain=0) as (caller, conv, client):
             redis.stop()
             await goes_on(caller, conv, client, event_id=3)
-            url = f"{front.replicas[0].url}/readyz"
-            async with asyncio.timeout(10):  # within a heartbeat, /readyz says why
-                while (ready := await asyncio.to_thread(httpx.get, url)).status_code == 200:  # noqa: ASYNC110
-                    await asyncio.sleep(0.2)
+
+            async def unready() -> httpx.Response | None:
+                async with httpx.AsyncClient() as web:
+                    response = await web.get(f"{front.replicas[0].url}/readyz")
+                return response if response.status_code != 200 else None
+
+            ready = await until(unready, timeout=10, what="/readyz saying why", every=0.2)  # within a heartbeat
             turned_away = await TwilioCaller(front.url, PUBLIC_URL, TWILIO_TOKEN).dial()
             assert turned_away.dialled == ["+15550001111"]
             redis.start()
@@ -286,24 +291,9 @@ async def test_redis_going_away_keeps_calls_up_turns_new_ones_away_and_recovers_
             async def admitted() -> bool:
                 return (await TwilioCaller(front.url, PUBLIC_URL, TWILIO_TOKEN).dial()).verbs == ["Connect"]
 
-            async with asyncio.timeout(20):
-                while not await admitted():  # noqa: ASYNC110 - the replica notices Redis on its own
-                    await asyncio.sleep(0.25)
+            await until(admitted, timeout=20, what="a call admitted again", every=0.25)  # on its own
             await caller.hang_up()
     assert ready.status_code == 503 and "Redis unreachable" in ready.json()["reason"]
-
-
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.add(int(entry.name))
-    return found
 
 
 async def test_workers_run_as_replicas_on_one_port_and_stop_together(replica_env, tmp_path) -> None:
@@ -314,20 +304,22 @@ async def test_workers_run_as_replicas_on_one_port_and_stop_together(replica_env
     _, err = await refused.communicate()
     assert refused.returncode == 1 and "WORKERS=2 needs REDIS_URL" in err.decode()
     server = AppProcess(_own_index(replica_env, tmp_path, 0) | {"WORKERS": "2"}, tmp_path)
-    await asyncio.to_thread(server.start)
+    await server.start()
     try:
         assert server.process is not None
-        workers = _children(server.process.pid)
+        workers = children(server.process.pid)
         assert len(workers) == 2
         client = Redis.from_url(replica_env["REDIS_URL"], decode_responses=True)
         try:
-            async with asyncio.timeout(10):
-                while await client.zcard("sb:replicas") < 2:  # noqa: ASYNC110 - both heartbeats in
-                    await asyncio.sleep(0.1)
+
+            async def both_beating() -> bool:
+                return await client.zcard("sb:replicas") >= 2
+
+            await until(both_beating, timeout=10, what="both workers' heartbeats", every=0.1)
         finally:
             await client.aclose()
         server.signal(signal.SIGTERM)
         assert await asyncio.to_thread(server.wait, 30) == 0
-        assert not await asyncio.to_thread(lambda: any(Path(f"/proc/{pid}").exists() for pid in workers))
+        assert not any(running(pid) for pid in workers)
     finally:
         server.stop()

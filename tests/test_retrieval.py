@@ -19,7 +19,7 @@ from app.knowledge.retrieval import Retriever
 from app.knowledge.store import store_lock
 from app.settings import Settings
 from ingest.pipeline import run_ingest
-from tests.index_support import pointer, retriever
+from tests.support.index import pointer, retriever
 
 MakeSettings = Callable[..., Settings]
 

@@ -9,8 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.settings import Settings, ensure_env_file
-
-EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+from tests.support.paths import ENV_EXAMPLE
 
 
 def values(env: Path) -> dict[str, str]:
@@ -19,25 +18,25 @@ def values(env: Path) -> dict[str, str]:
 
 def test_the_first_run_writes_env_with_a_fresh_shared_secret_and_admin_password(tmp_path: Path) -> None:
     env = tmp_path / ".env"
-    assert ensure_env_file(env, EXAMPLE) == ["SHARED_SECRET", "ADMIN_PASSWORD"]
+    assert ensure_env_file(env, ENV_EXAMPLE) == ["SHARED_SECRET", "ADMIN_PASSWORD"]
     first = values(env)
     assert len(first["SHARED_SECRET"]) >= 32 and len(first["ADMIN_PASSWORD"]) >= 32
     assert first["SHARED_SECRET"] != first["ADMIN_PASSWORD"]
     assert env.stat().st_mode & 0o777 == 0o600
-    assert ensure_env_file(env, EXAMPLE) == [] and values(env) == first  # later runs change nothing
+    assert ensure_env_file(env, ENV_EXAMPLE) == [] and values(env) == first  # later runs change nothing
     other = tmp_path / "other.env"
-    ensure_env_file(other, EXAMPLE)
+    ensure_env_file(other, ENV_EXAMPLE)
     assert values(other)["ADMIN_PASSWORD"] != first["ADMIN_PASSWORD"]
 
 
 def test_an_env_from_before_the_review_page_gets_a_password_and_an_empty_one_stays_off(tmp_path: Path) -> None:
     old = tmp_path / "old.env"
     old.write_text("SHARED_SECRET=kept\nPORT=3001")
-    assert ensure_env_file(old, EXAMPLE) == ["ADMIN_PASSWORD"]
+    assert ensure_env_file(old, ENV_EXAMPLE) == ["ADMIN_PASSWORD"]
     assert values(old)["SHARED_SECRET"] == "kept" and len(values(old)["ADMIN_PASSWORD"]) >= 32
     off = tmp_path / "off.env"
     off.write_text("SHARED_SECRET=kept\nADMIN_PASSWORD=\n")
-    assert ensure_env_file(off, EXAMPLE) == [] and values(off)["ADMIN_PASSWORD"] == ""
+    assert ensure_env_file(off, ENV_EXAMPLE) == [] and values(off)["ADMIN_PASSWORD"] == ""
 
 
 def test_the_records_store_is_sqlite_in_data_dir_unless_database_url_names_postgresql(tmp_path: Path) -> None:

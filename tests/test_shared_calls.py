@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 
 from app.calls.control import EndReason
 from app.calls.registry import END_TOOL, TRANSFER_TOOL, CallAction
-from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState
-from tests.servers import RedisServer
-from tests.test_call_registry import FAST, OTHER_SID, SID, Actions, Stream
+from app.calls.shared import PREFIX, SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState
+from tests.support.calls import CALLER, FAST, OTHER_SID, SID, Actions, Stream, after_now
+from tests.support.servers import RedisServer
+from tests.support.waiting import until
 
 LEASE_S = 3.0
 
@@ -38,12 +38,6 @@ async def replica(
         await state.close()
 
 
-async def eventually(check: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():  # noqa: ASYNC110 - polls shared state another replica changes
-            await asyncio.sleep(0.1)
-
-
 async def test_admission_counts_every_replicas_calls_and_a_dead_replicas_slots_lapse(redis) -> None:
     async with replica(redis) as (_, a, _ra), replica(redis) as (_, b, _rb):
         assert await a.reserve(SID) and await a.claim(SID)
@@ -61,7 +55,7 @@ async def test_admission_counts_every_replicas_calls_and_a_dead_replicas_slots_l
         async def admitted() -> bool:
             return await b.reserve(fourth)
 
-        await eventually(admitted, timeout=LEASE_S * 3)
+        await until(admitted, timeout=LEASE_S * 3, what="the dead replica's slot lapsed", every=0.1)
 
 
 async def test_a_tool_is_claimed_once_however_many_replicas_ask_at_once(redis) -> None:
@@ -76,40 +70,67 @@ async def test_a_tool_is_claimed_once_however_many_replicas_ask_at_once(redis) -
         assert await local.claim(END_TOOL, (TRANSFER_TOOL,)) == "conflict"
 
 
+async def sent_to(holder: SharedCallRegistry) -> list[str]:
+    """The calls whose actions were handed to `holder`, in the order they were sent."""
+    entries = await holder.state.redis.xrange(f"{PREFIX}inbox:{holder.state.replica}")
+    return [fields["call_sid"] for _, fields in entries if "call_sid" in fields]
+
+
 async def test_the_brain_on_one_replica_acts_on_a_call_held_by_another_once_the_line_is_heard(redis) -> None:
     """Only the turn's start time travels to the holder; by the time the action arrives there, the
     line's audio has usually begun (speech follows the text while it is still streaming), and the
-    holder must place the line by that time, not take the audio it has on arrival as the baseline."""
+    holder must place the line by that time, not take the audio it has on arrival as the baseline.
+
+    What proves ours is still waiting: a second call on the same holder, whose line has been heard,
+    acted on after ours. Its action travels the same way behind ours and waits for the line to settle;
+    ours, had it skipped a wait, would have been sent, and carried out, before it."""
     async with replica(redis) as (_, _, brain), replica(redis) as (_, _, holder):
         holder.executor = actions = Actions()
-        stream = Stream()
+        stream, other = Stream(), Stream(OTHER_SID, "conv_2")
         await holder.call_started(stream.control)
+        await holder.call_started(other.control)
+        twin = await brain.find(call_sid=OTHER_SID)
+        assert twin is not None
+
+        async def twin_acted() -> None:
+            before = len(actions.done)
+            line = twin.line()
+            after_now()
+            other.control.mark_echoed(other.play())
+            line.spoken.set()
+            twin.after_line(CallAction("end"), line)
+            await actions.wait(before + 1)
+
         earlier = stream.play()  # the agent's previous answer is still playing when the turn begins
         call = await brain.find(conversation_id="conv_1", timeout=2)
-        assert call is not None and call.call_sid == SID and call.caller == "+14155550100"
+        assert call is not None and call.call_sid == SID and call.caller == CALLER
         line = call.line()
-        await asyncio.sleep(0.01)
+        after_now()
         assert await call.claim(TRANSFER_TOOL, (END_TOOL,)) == "accepted"
         call.after_line(CallAction("transfer", "sales"), line)
         mark = stream.play()  # this line's audio begins while its text is still going out
         stream.control.mark_echoed(earlier)
-        await asyncio.sleep(0.2)
-        assert actions.done == []  # the turn's text is still going out
+        await twin_acted()
+        assert await sent_to(holder) == [OTHER_SID]  # the turn's text is still going out: nothing sent
         line.spoken.set()  # only now does the action go to the holder, after the line's audio began
-        await asyncio.sleep(0.3)
-        assert actions.done == []  # the earlier answer was heard; this line is playing, not yet heard
+
+        async def handed_over() -> bool:
+            return await sent_to(holder) == [OTHER_SID, SID]
+
+        await until(handed_over, what="the action handed to the holder")
+        await twin_acted()
+        assert actions.done == [(OTHER_SID, "end")] * 2  # this line is playing, not yet heard
         stream.control.mark_echoed(mark)
         # Well within line_start_timeout: a holder counting from the audio it had when the action
         # arrived would wait that long for audio of a line that had already played.
-        async with asyncio.timeout(FAST.line_start_timeout / 2):
-            await actions.acted.wait()
-        assert actions.done == [(SID, "transfer")]
+        await actions.wait(3, timeout=FAST.line_start_timeout / 2)
+        assert actions.done[2] == (SID, "transfer")
 
 
 async def test_the_brain_may_ask_before_the_bridge_has_announced_the_call(redis) -> None:
     async with replica(redis) as (_, _, brain), replica(redis) as (_, _, holder):
         waiting = asyncio.create_task(brain.find(call_sid=SID, timeout=5))
-        await asyncio.sleep(0.2)
+        await until(lambda: brain._waiters, what="the brain's lookup waiting")  # Redis had no such call
         await holder.call_started(Stream().control)
         found = await waiting
         assert found is not None and found.conversation_id == "conv_1"
@@ -140,6 +161,6 @@ async def test_without_redis_claims_say_unavailable_and_everything_returns_with_
             await brain_state.beat()
             return brain_state.available and await brain.find(call_sid=SID) is not None
 
-        await eventually(back, timeout=LEASE_S * 3)  # the holder's renewal put its call back
+        await until(back, timeout=LEASE_S * 3, what="the call back in Redis", every=0.1)  # the holder renewed it
         again = await brain.find(call_sid=SID)
         assert again is not None and await again.claim(TRANSFER_TOOL) == "accepted"

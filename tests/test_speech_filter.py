@@ -9,7 +9,7 @@ import pytest
 from app.brain.speech_filter import SpeechFilter, speakable
 from app.testing.fake_openai import Reply
 from app.testing.speech_engine import SpeechEngineClient
-from tests.conftest import SECRET
+from tests.support.config import SECRET
 
 MARKUP = re.compile(r"[*#`|\[\]_~>]|https?:|www\.|@|^\s*[-+]\s|\(http", re.MULTILINE)
 

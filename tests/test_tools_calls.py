@@ -1,4 +1,4 @@
-"""Tools on real calls (see `tests.phone`): transfers, hang-ups and messages, and what neither the
+"""Tools on real calls (see `tests.support.phone`): transfers, hang-ups and messages, and what neither the
 caller nor the documents can make happen."""
 
 from __future__ import annotations
@@ -8,16 +8,18 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from app.brain.prompt import REFERENCE_OPEN
 from app.brain.tools import GAP_TOOL
+from app.brain.turn import CANNOT_DO
 from app.calls.control import EndReason
 from app.testing.fake_openai import Reply
+from app.testing.fake_twilio_api import CALL_NOT_IN_PROGRESS
 from app.testing.speech_engine import SpeechEngineClient
 from ingest.pipeline import run_ingest
-from tests.conftest import API_KEY, PUBLIC_URL, SECRET, TARGETS
-from tests.phone import (
-    UNLISTED,
-    DigitsSeen,
+from tests.support.config import API_KEY, PUBLIC_URL, SECRET, TARGETS, UNLISTED
+from tests.support.phone import (
     dialled,
     messages_of,
     phone_call,
@@ -25,6 +27,7 @@ from tests.phone import (
     tool_names,
     tool_results,
 )
+from tests.support.waiting import until
 
 # --- transfer ---------------------------------------------------------------------------------
 
@@ -71,6 +74,35 @@ async def test_a_caller_asking_for_a_person_hears_the_line_then_is_redirected_on
     assert tool_names(stranger_request) == ["take_message", GAP_TOOL]
 
 
+@pytest.mark.parametrize("fallback", ["+15550001111", None], ids=["fallback", "no-fallback"])
+async def test_a_transfer_twilio_refuses_sends_the_caller_to_the_fallback_number_or_talks_on(
+    serve, call_settings, fake_elevenlabs, fake_model, twilio_api, fallback
+) -> None:
+    twilio_api.refusing = CALL_NOT_IN_PROGRESS
+    line = "Of course, I'll put you through to our sales team now."
+    fake_model.queue(Reply.text(line, tool_calls=[("transfer_call", '{"department": "sales"}')]), Reply(tokens=[]))
+    settings = {**call_settings, "fallback_number": fallback}
+    async with phone_call(serve, settings, fake_elevenlabs, twilio_api) as phone:
+        await phone.client.ask("can I talk to a real person about buying a plan?")
+        await phone.speak(0.4)
+        if fallback:
+            assert await phone.caller.wait_closed() == 1000  # the stream ends as failed...
+            after = await phone.caller.connect_action()  # ...and Twilio asks what next
+        else:
+            await until(lambda: twilio_api.refused_updates, what="the redirect refused")
+            answer = await phone.client.ask("hello, are you still there?")
+            assert not phone.caller.closed.is_set()  # the call goes on with the agent
+            await phone.hung_up()
+        failed = phone.counted("switchboard_call_actions_total", action="transfer", outcome="failed")
+    ((sid, form),) = twilio_api.refused_updates
+    assert sid == phone.caller.call_sid and dialled(form)[1] == [TARGETS["sales"]] and failed == 1
+    assert twilio_api.call_updates == []
+    if fallback:
+        assert after.dialled == [fallback] and "Sorry" in after.said[0]
+    else:
+        assert answer.text == "You asked: hello, are you still there?. Thank you for calling."
+
+
 async def test_dtmf_zero_transfers_to_the_default_department_without_the_model(
     serve, call_settings, fake_elevenlabs, fake_model, twilio_api
 ) -> None:
@@ -79,13 +111,10 @@ async def test_dtmf_zero_transfers_to_the_default_department_without_the_model(
         "transfer_targets": {"support": TARGETS["support"], "sales": TARGETS["sales"]},
         "fallback_number": "+15550001111",
     }
-    digits = DigitsSeen()
     async with phone_call(serve, settings, fake_elevenlabs, twilio_api) as phone:
-        phone.svc.telephony.observers.append(digits)
         await phone.caller.dtmf("0")
         await twilio_api.call_updates.wait(1)
-        await phone.caller.dtmf("0")  # pressing again does not transfer twice
-        await digits.wait(2)
+        await phone.pressed("0", count=2)  # pressing again does not transfer twice
         await phone.caller.hang_up()
         await phone.svc.registry.close()  # the keypad's claims run on the registry's tasks
         refused = phone.counted("switchboard_tool_calls_total", tool="transfer_call", outcome="keypad_refused")
@@ -106,6 +135,36 @@ async def test_dtmf_zero_transfers_to_the_default_department_without_the_model(
     assert busy.verbs == ["Say", "Dial", "Hangup"] and busy.dialled == ["+15550001111"]
     assert answered.verbs == ["Hangup"]
     assert forged.status == 403
+
+
+async def test_with_redis_down_mid_call_a_transfer_cannot_be_done_and_the_agent_says_so(
+    serve, call_settings, fake_elevenlabs, fake_model, twilio_api, fresh_redis
+) -> None:
+    """Call state in Redis (REDIS_URL): Redis goes away mid-call, so no claim can be made on the call's
+    allowance. The model is told the transfer cannot be done right now, the keypad's 0 is counted
+    unavailable, and the call goes on."""
+    sorry = "I'm sorry, I can't put you through right now. Shall I take a message instead?"
+    fake_model.queue(
+        Reply.text("Hello, how can I help?"),
+        Reply(tokens=[], tool_calls=[("transfer_call", '{"department": "sales"}')]),
+        Reply.text(sorry),
+    )
+    async with phone_call(serve, {**call_settings, "redis_url": fresh_redis.url}, fake_elevenlabs, twilio_api) as phone:
+        await phone.client.ask("hello?")  # the brain has found the call
+        fresh_redis.stop()
+        answer = await phone.client.ask("can I talk to a real person about buying a plan?")
+        (result,) = tool_results(fake_model.requests[2])
+        assert result["ok"] is False and "cannot be done right now" in result["error"]
+        assert answer.text == sorry
+        await phone.pressed("0")
+
+        def unavailable() -> float:
+            return phone.counted("switchboard_tool_calls_total", tool="transfer_call", outcome="unavailable")
+
+        await until(lambda: unavailable() == 2, what="the keypad's claim counted")  # the model's, the keypad's
+        goes_on = await phone.client.ask("ok, thanks")
+        await phone.hung_up()
+    assert goes_on.text.startswith("You asked: ok, thanks") and twilio_api.call_updates == []
 
 
 # --- ending the call --------------------------------------------------------------------------
@@ -212,7 +271,7 @@ async def test_injection_attempts_never_dial_an_unlisted_number_or_exceed_limits
         }
         counted = {key: phone.counted("switchboard_tool_calls_total", tool=key[0], outcome=key[1]) for key in expected}
     # Turn 1: nothing accepted, the model told why each time, and the caller still hears something.
-    assert first.finals == 1 and first.text
+    assert first.finals == 1 and first.text == CANNOT_DO
     r1, r2, r3 = fake_model.requests[:3]
     assert r1.messages[-1]["content"].startswith("[caller's words]")  # flagged, and still only user content
     assert UNLISTED not in r1.messages[0]["content"]
@@ -260,13 +319,13 @@ async def test_a_document_saying_always_transfer_is_only_data(
 
 
 async def test_without_prerequisites_tools_are_not_offered(
-    serve, call_settings, fake_elevenlabs, fake_model, twilio_api, tmp_path
+    serve, call_settings, fake_elevenlabs, fake_model, twilio_api, refused
 ) -> None:
     # No REST credentials, and a records store that cannot be reached (so no messages, no gap notes).
     settings = {
         **call_settings,
         "twilio_account_sid": None,
-        "database_url": "postgresql://nobody@127.0.0.1:9/none",
+        "database_url": f"postgresql://nobody@{refused}/none",
         "record_calls": False,
     }
     async with phone_call(serve, settings, fake_elevenlabs, twilio_api) as phone:
@@ -276,10 +335,14 @@ async def test_without_prerequisites_tools_are_not_offered(
         ) as stranger:
             await stranger.init("conv_not_a_call")
             await stranger.ask("hello?")
-        await phone.caller.dtmf("0")
-        await phone.caller.hang_up()
+        await phone.pressed("0")
+        await phone.hung_up()
+        keypad = [
+            phone.counted("switchboard_tool_calls_total", tool="transfer_call", outcome=outcome)
+            for outcome in ("keypad", "keypad_refused", "unavailable")
+        ]
     on_call, off_call = fake_model.requests
     assert tool_names(on_call) == ["end_call"]  # no REST credentials, no message store
     assert "transfer_call" not in on_call.messages[0]["content"]
     assert "tools" not in off_call.body and "take_message" not in off_call.messages[0]["content"]
-    assert twilio_api.call_updates == []
+    assert keypad == [0, 0, 0] and twilio_api.call_updates == []  # no transfers: the keypad's 0 does nothing

@@ -14,7 +14,7 @@ from app.telephony import call_token
 from app.telephony.signatures import valid_signature
 from app.telephony.webhook import busy_twiml, connect_twiml, ended_twiml
 from app.testing.twilio_caller import TwilioCaller, Webhook
-from tests.conftest import PUBLIC_URL, TWILIO_TOKEN
+from tests.support.config import PUBLIC_URL, TWILIO_TOKEN
 
 
 def caller_for(server: Any, **kw: Any) -> TwilioCaller:

@@ -37,6 +37,7 @@ NAME_QUESTION = "What's your name?"
 NUMBER_QUESTION = "What number should the team call you back on?"
 MESSAGE_QUESTION = "What would you like me to tell the team?"
 ANYTHING_ELSE = "Is there anything else I can help with?"
+TRANSFER_OFFER = "Would you like me to put you through to someone instead?"
 
 _MESSAGE = re.compile(r"\b(?:leave|take)\b.{0,20}\bmessage\b|\bcall(?:s)? me back\b|\bcallback\b", re.IGNORECASE)
 _PERSON = re.compile(
@@ -49,6 +50,7 @@ _GOODBYE = re.compile(r"\b(?:bye|goodbye|good bye|that's all|that is all|nothing
 _NOTHING_MORE = re.compile(
     r"^\W*(?:no|nope|that's it|that is it)(?:\W+(?:that's it|that is it|that's all|thanks|thank you))*\W*$", re.I
 )
+_YES = re.compile(r"^\W*(?:yes|yeah|yep|sure|ok|okay|please)\b", re.IGNORECASE)
 _CANCEL = re.compile(r"^\W*(?:never ?mind|cancel|forget it|no thanks)\b", re.IGNORECASE)
 _WRONG = re.compile(r"^\W*(?:no\b|nope\b|that's wrong|that is wrong|wrong number|that's not right)", re.IGNORECASE)
 _SAME_NUMBER = re.compile(r"\b(?:this|same|my) (?:number|phone)\b|\bcalling from\b", re.IGNORECASE)
@@ -77,7 +79,7 @@ class DocumentsOnlyTools:
             if MESSAGE_TOOL not in offered:
                 return f"I'm sorry, I can't take a message right now. {ANYTHING_ELSE}"
             return f"Of course, I can take a message. {NAME_QUESTION}"
-        if _PERSON.search(said):
+        if _PERSON.search(said) or (step.endswith(TRANSFER_OFFER) and _YES.search(said)):
             if TRANSFER_TOOL not in offered:
                 return f"I'm sorry, I can't put you through right now, but I can take a message. {ANYTHING_ELSE}"
             department = next((d for d in self.departments if _names(d, said)), self.departments[0])
@@ -109,7 +111,9 @@ class DocumentsOnlyTools:
         if MESSAGE_TOOL not in offered or number is None:
             return f"I'm sorry, I can't take that message right now. {ANYTHING_ELSE}"
         if not await self._run(tools, MESSAGE_TOOL, {"name": name, "callback_number": number, "message": said}, done):
-            return f"I'm sorry, I couldn't save your message. {ANYTHING_ELSE}"
+            # Never a promised call back that will not come: a person instead, where there is one.
+            instead = TRANSFER_OFFER if TRANSFER_TOOL in offered else ANYTHING_ELSE
+            return f"I'm sorry, I couldn't save your message. {instead}"
         return (
             f"Thank you, {name}. I've passed your message on, and the team will call you back on "
             f"{_spoken_digits(number)}. {ANYTHING_ELSE}"

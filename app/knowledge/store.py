@@ -297,9 +297,17 @@ def store_lock(index_dir: Path, *, exclusive: bool, wait_seconds: float) -> Iter
 
 
 @contextmanager
-def flocked(path: Path, *, exclusive: bool, wait_seconds: float, busy: Callable[[], Exception]) -> Iterator[TextIO]:
-    """flock on `path`, polled for up to `wait_seconds`, then `busy()` is raised. Yields the open file
-    (a+). The kernel drops the lock when its holder dies, even by SIGKILL."""
+def flocked(
+    path: Path,
+    *,
+    exclusive: bool,
+    wait_seconds: float,
+    busy: Callable[[], Exception],
+    waiting: Callable[[], None] | None = None,
+) -> Iterator[TextIO]:
+    """flock on `path`, polled for up to `wait_seconds` (`waiting()` is called once, when it is first
+    found held), then `busy()` is raised. Yields the open file (a+). The kernel drops the lock when
+    its holder dies, even by SIGKILL."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as handle:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
@@ -311,6 +319,9 @@ def flocked(path: Path, *, exclusive: bool, wait_seconds: float, busy: Callable[
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise busy() from None
+                if waiting is not None:
+                    waiting()
+                    waiting = None
                 time.sleep(_POLL_SECONDS)
         try:
             yield handle

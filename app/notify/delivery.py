@@ -50,6 +50,19 @@ def notify_status(settings: Settings) -> list[str]:
     return lines
 
 
+class Clock:
+    """The delivery task's time: now, and waiting until an event is committed or some seconds have
+    passed. Tests hand in one that jumps to the next try instead of waiting for it."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def wait(self, woken: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await woken.wait()
+
+
 def retry_delay(attempt: int, timings: DeliveryTimings) -> float:
     """Seconds before try `attempt + 1`: doubling from `first_retry` up to `max_retry`, ±20 % jitter so
     replicas and destinations that failed together do not retry together."""
@@ -66,12 +79,14 @@ class Delivery:
         outbox: Outbox,
         ready: asyncio.Event,
         timings: DeliveryTimings | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.metrics = metrics
         self.engine = engine
         self.outbox = outbox
         self.ready = ready
         self.timings = timings or DeliveryTimings()
+        self.clock = clock or Clock()
         self.senders = Senders(settings)
         self._task: asyncio.Task[None] | None = None
 
@@ -100,7 +115,7 @@ class Delivery:
         delay = self.timings.first_retry
         while True:
             woken.clear()  # before looking: an event committed while we look wakes the next wait
-            now = datetime.now(UTC)
+            now = self.clock.now()
             try:
                 async with asyncio.timeout(self.timings.store_timeout), self.engine.begin() as conn:
                     row, look_again = await lease_next(
@@ -121,9 +136,7 @@ class Delivery:
             if look_again is not None:
                 wait = min(wait, max((look_again - now).total_seconds(), 0.0))
             if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await woken.wait()
+                await self.clock.wait(woken, wait)
 
     async def _send(self, destination: Destination, row: Leased) -> None:
         data = row.data
@@ -135,7 +148,7 @@ class Delivery:
         sent = await self.senders.send(destination, row.event_id, row.type, row.created_at, data or {}, self.timings)
         retry_in = timedelta(seconds=retry_delay(row.attempts + 1, self.timings))
         async with asyncio.timeout(self.timings.store_timeout), self.engine.begin() as conn:
-            state = await settle(conn, row, datetime.now(UTC), sent.error, retry_in)
+            state = await settle(conn, row, self.clock.now(), sent.error, retry_in)
         kind = destination.kind
         if sent.ok:
             self.metrics.notify_deliveries.labels(kind, "delivered").inc()

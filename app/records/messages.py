@@ -99,9 +99,12 @@ _COLUMNS = [messages.c[name] for name in Message.__dataclass_fields__]
 
 
 class MessageStore:
-    def __init__(self, engine: AsyncEngine, outbox: Outbox) -> None:
+    def __init__(self, engine: AsyncEngine, outbox: Outbox, count_on_calls: bool = True) -> None:
+        """`count_on_calls`: count each message on its call's record (off when calls are not recorded:
+        RECORD_CALLS=false keeps the message and nothing of the call)."""
         self.engine = engine
         self.outbox = outbox
+        self.count_on_calls = count_on_calls
 
     async def add(
         self,
@@ -126,7 +129,7 @@ class MessageStore:
         }
         async with asyncio.timeout(WRITE_TIMEOUT_S), self.engine.begin() as conn:
             new_id = (await conn.execute(insert(messages).values(**row).returning(messages.c.id))).scalar_one()
-            if call_sid is not None:
+            if call_sid is not None and self.count_on_calls:
                 await upsert_call(conn, call_sid, {"messages": 1}, lambda _: {"messages": calls.c.messages + 1})
             saved = Message(new_id, **row)
             await self.outbox.announce(conn, MESSAGE_CREATED, saved.announced(), saved.created_at, call_sid=call_sid)

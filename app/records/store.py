@@ -50,7 +50,7 @@ class RecordsStore:
         self.metrics = metrics
         self.engine = create_engine(settings)
         self.outbox = Outbox(destinations(settings), settings.public_url)
-        self.messages = MessageStore(self.engine, self.outbox)
+        self.messages = MessageStore(self.engine, self.outbox, settings.record_calls)
         self.ready = asyncio.Event()  # the schema is in place
         self.recorder: Recorder | None = None
         if settings.record_calls:

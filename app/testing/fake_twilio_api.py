@@ -9,6 +9,7 @@ import base64
 import hmac
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from quart import Quart, request
@@ -25,6 +26,22 @@ _FIELDS = {
 }
 
 
+@dataclass(frozen=True)
+class TwilioError:
+    """An error answer of Twilio's REST API (its JSON, and the HTTP status it comes with)."""
+
+    status: int
+    code: int
+    message: str
+
+    def body(self) -> dict[str, Any]:
+        more_info = f"https://www.twilio.com/docs/errors/{self.code}"
+        return {"code": self.code, "message": self.message, "more_info": more_info, "status": self.status}
+
+
+CALL_NOT_IN_PROGRESS = TwilioError(400, 21220, "Call is not in-progress. Cannot redirect.")
+
+
 class FakeTwilioApi:
     def __init__(self, account_sid: str, auth_token: str, numbers: list[str] | None = None) -> None:
         self.account_sid = account_sid
@@ -34,6 +51,9 @@ class FakeTwilioApi:
             self.add_number(number)
         self.number_updates: list[dict[str, str]] = []
         self.call_updates: list[tuple[str, dict[str, str]]] = []
+        # Set to refuse call updates as Twilio does, e.g. 21220 for a call no longer in progress.
+        self.refusing: TwilioError | None = None
+        self.refused_updates: list[tuple[str, dict[str, str]]] = []
         self.on_call_update: Callable[[str, dict[str, str]], None] | None = None
         self._server: LiveServer | None = None
 
@@ -119,6 +139,9 @@ class FakeTwilioApi:
             if not self._authorised() or account != self.account_sid:
                 return unauthorised, 401
             form = dict(await request.form)
+            if self.refusing is not None:
+                self.refused_updates.append((sid, form))
+                return self.refusing.body(), self.refusing.status
             self.call_updates.append((sid, form))
             if self.on_call_update is not None:
                 self.on_call_update(sid, form)

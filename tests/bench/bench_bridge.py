@@ -28,6 +28,7 @@ import uvloop
 from app.testing.fake_elevenlabs import FakeConversation, FakeElevenLabs
 from app.testing.twilio_caller import TwilioCaller, ulaw_frames
 from tests.bench.server_process import app_process
+from tests.support.processes import cpu_seconds
 
 API_KEY = "bench-elevenlabs-key"
 ENGINE_ID = "seng_bench"
@@ -38,32 +39,6 @@ CALLS = [int(n) for n in os.environ.get("BENCH_BRIDGE_CALLS", "10,50,100").split
 WARMUP_S = 2.0
 FRAME_S = 0.02
 TONE = ulaw_frames(0.02)[0]
-
-
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a server process and its worker processes, if it has any
-    (system time includes loopback TCP delivery)."""
-    pids = [pid]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int(_stat(int(entry.name))[1]) == pid:
-                    pids.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    tick = os.sysconf("SC_CLK_TCK")
-    user = system = 0.0
-    for one in pids:
-        try:
-            fields = _stat(one)
-        except OSError:
-            continue
-        user, system = user + int(fields[11]) / tick, system + int(fields[12]) / tick
-    return user, system
 
 
 @contextmanager
@@ -147,9 +122,9 @@ async def run_load(server_url: str, pid: int, fake: FakeElevenLabs, calls: int, 
         await ready.wait()
         await asyncio.sleep(WARMUP_S)
         timings.measuring = True
-        cpu0, wall0, own0 = _cpu_seconds(pid), time.perf_counter(), time.process_time()
+        cpu0, wall0, own0 = cpu_seconds(pid), time.perf_counter(), time.process_time()
         await asyncio.sleep(seconds)
-        cpu1, wall1, own1 = _cpu_seconds(pid), time.perf_counter(), time.process_time()
+        cpu1, wall1, own1 = cpu_seconds(pid), time.perf_counter(), time.process_time()
         timings.measuring = False
         stop.set()
     wall = wall1 - wall0
@@ -173,9 +148,9 @@ async def bench(tmp: Path) -> list[tuple[int, dict[str, float]]]:
     async with FakeElevenLabs(API_KEY, ENGINE_ID, echo=True, record=False) as fake:
         with bridge_server(tmp, fake.base_url) as (server_url, pid):
             await run_load(server_url, pid, fake, 2, 1.0)  # warm-up: imports, first connections
-            idle0, wall0 = sum(_cpu_seconds(pid)), time.perf_counter()
+            idle0, wall0 = sum(cpu_seconds(pid)), time.perf_counter()
             await asyncio.sleep(2)
-            idle = (sum(_cpu_seconds(pid)) - idle0) / (time.perf_counter() - wall0) * 100
+            idle = (sum(cpu_seconds(pid)) - idle0) / (time.perf_counter() - wall0) * 100
             print(f"\nbridge server idle: {idle:.1f} % of a core")
             for calls in CALLS:
                 results.append((calls, await run_load(server_url, pid, fake, calls, SECONDS)))

@@ -6,7 +6,7 @@ frames/s each, each on its own phase, and read the echoes, as the bridge bench's
 server's CPU per call is the floor under the bridge's own figure: one receive and one send per frame,
 which is exactly the Twilio side of a relay.
 
-    python -m tests.bench.bench_bridge_floor --serve raw|quart PORT    (what the bench starts)
+    python -m tests.bench.bench_bridge_floor --serve raw|quart FD    (what the bench starts, on a listening socket)
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import httpx
 import uvloop
 
-from tests.bench.server_process import free_port
+from tests.support.paths import REPO
+from tests.support.ports import listening_socket
+from tests.support.processes import cpu_seconds
 
-REPO = Path(__file__).resolve().parents[2]
 CALLS = 50
 SECONDS = float(os.environ.get("BENCH_BRIDGE_SECONDS", "20"))
 FRAME_S = 0.02
@@ -38,7 +38,7 @@ MEDIA = json.dumps(
 )
 
 
-def _serve(kind: str, port: int) -> None:
+def _serve(kind: str, fd: int) -> None:
     from hypercorn.asyncio import serve
     from quart import Quart, websocket
 
@@ -64,12 +64,7 @@ def _serve(kind: str, port: int) -> None:
         while (message := await receive())["type"] == "websocket.receive":
             await send({"type": "websocket.send", "text": message.get("text")})
 
-    uvloop.run(serve(bare if kind == "raw" else quart, hypercorn_config(f"127.0.0.1:{port}")))
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    uvloop.run(serve(bare if kind == "raw" else quart, hypercorn_config(f"fd://{fd}")))
 
 
 async def _call(session: aiohttp.ClientSession, url: str, index: int, stop: asyncio.Event) -> None:
@@ -93,9 +88,9 @@ async def _load(url: str, pid: int) -> float:
     async with aiohttp.ClientSession() as session:
         calls = [asyncio.create_task(_call(session, url, n, stop)) for n in range(CALLS)]
         await asyncio.sleep(2.0)
-        cpu0, wall0 = _cpu_seconds(pid), time.perf_counter()
+        cpu0, wall0 = sum(cpu_seconds(pid)), time.perf_counter()
         await asyncio.sleep(SECONDS)
-        cpu1, wall1 = _cpu_seconds(pid), time.perf_counter()
+        cpu1, wall1 = sum(cpu_seconds(pid)), time.perf_counter()
         stop.set()
         await asyncio.gather(*calls, return_exceptions=True)
     return (cpu1 - cpu0) / (wall1 - wall0) / CALLS * 100
@@ -103,18 +98,13 @@ async def _load(url: str, pid: int) -> float:
 
 def test_hypercorn_echo_floor() -> None:
     for kind in ("raw", "quart"):
-        port = free_port()
-        serve = [sys.executable, "-m", "tests.bench.bench_bridge_floor", "--serve", kind, str(port)]
-        server = subprocess.Popen(serve, cwd=REPO)
+        with listening_socket() as sock:
+            port = sock.getsockname()[1]
+            serve = [sys.executable, "-m", "tests.bench.bench_bridge_floor", "--serve", kind, str(sock.fileno())]
+            server = subprocess.Popen(serve, cwd=REPO, pass_fds=(sock.fileno(),))
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert server.poll() is None and time.monotonic() < deadline, "the echo server did not start"
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+            # The socket listens already: this waits in its backlog until the server takes it.
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
             per_call = uvloop.run(_load(f"ws://127.0.0.1:{port}/media-stream", server.pid))
         finally:
             server.terminate()

@@ -36,11 +36,11 @@ from ingest.chunker import Chunker
 from ingest.loaders import SUPPORTED_SUFFIXES, load_document
 from ingest.pipeline import run_ingest
 from tests.bench.chroma_server import chroma_server
-from tests.index_support import ingest_cli
+from tests.support.index import ingest_cli
+from tests.support.paths import KNOWLEDGE, REPO
 
-REPO = Path(__file__).resolve().parents[2]
 HELPCENTER = REPO.parent / "shared" / "eval" / "helpcenter"
-CORPORA = {"knowledge": REPO / "knowledge", "helpcenter": HELPCENTER / "docs"}
+CORPORA = {"knowledge": KNOWLEDGE, "helpcenter": HELPCENTER / "docs"}
 MODELS = REPO / "data"  # the product's default DATA_DIR: the int8 export is made once and reused
 FIXED_WORD_PIECES = 200
 FIXED_CHUNKS = 256

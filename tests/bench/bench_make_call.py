@@ -15,17 +15,17 @@ from pathlib import Path
 
 from app.settings import Settings
 from ingest.pipeline import run_ingest
+from tests.support.paths import ENV_EXAMPLE, KNOWLEDGE
 
-REPO = Path(__file__).resolve().parents[2]
 RUNS = 3
 
 
 def test_make_call_start_to_greeting(tmp_path: Path) -> None:
     root = tmp_path / "checkout"
     root.mkdir()
-    shutil.copy(REPO / ".env.example", root / ".env.example")
-    (root / "knowledge").symlink_to(REPO / "knowledge")
-    run_ingest(Settings(_env_file=None, data_dir=root / "data", index_dir=root / "data" / "index"), REPO / "knowledge")
+    shutil.copy(ENV_EXAMPLE, root / ".env.example")
+    (root / "knowledge").symlink_to(KNOWLEDGE)
+    run_ingest(Settings(_env_file=None, data_dir=root / "data", index_dir=root / "data" / "index"), KNOWLEDGE)
     env = {name: value for name, value in os.environ.items() if name.lower() not in Settings.model_fields}
     seconds = []
     for _ in range(RUNS):

@@ -29,7 +29,7 @@ from app.records.schema import outbox
 from app.records.store import RecordsStore
 from app.settings import Settings
 from tests.bench.bench_brain import DATA, compare_overhead, records_url
-from tests.receiver import Receiver
+from tests.support.receiver import Receiver
 
 MESSAGES = 100
 SECRET = "bench-webhook-secret"
@@ -89,7 +89,7 @@ def test_delivery_latency(tmp_path: Path) -> None:
 
     print(f"\nmessage saved -> event at the receiver, {MESSAGES} messages one after another:")
     print(f"  SQLite:                          {_percentiles(uvloop.run(_latencies(sqlite)))}")
-    from tests.servers import _postgres_bin, postgres_server
+    from tests.support.servers import _postgres_bin, postgres_server
 
     if _postgres_bin() is None:
         print("  PostgreSQL is not installed: skipped")

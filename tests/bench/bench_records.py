@@ -183,7 +183,7 @@ def test_review_pages_at_100k_calls(tmp_path: Path) -> None:
     print(f"\nreview pages, {CALLS:,} calls, {CALLS * TURNS_PER_CALL:,} turns, SQLite:")
     with app_process(tmp_path, {**env, "DATABASE_URL": seeded_sqlite()}, ready_path="/healthz") as (port, _pid):
         _time_pages(f"http://127.0.0.1:{port}")
-    from tests.servers import _postgres_bin, postgres_server
+    from tests.support.servers import _postgres_bin, postgres_server
 
     if _postgres_bin() is None:
         print("PostgreSQL is not installed: skipped")

@@ -17,7 +17,7 @@ import uvloop
 from app.testing.fake_elevenlabs import FakeElevenLabs
 from tests.bench.bench_brain import compare_overhead
 from tests.bench.bench_bridge import API_KEY, ENGINE_ID, SECONDS, bridge_server, run_load
-from tests.servers import redis_server
+from tests.support.servers import redis_server
 
 CALLS = int(os.environ.get("BENCH_REPLICAS_CALLS", "100"))
 

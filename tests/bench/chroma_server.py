@@ -1,4 +1,5 @@
-"""`chroma run` on a free local port with its data in a directory of the bench's, as .ci/run starts it."""
+"""`chroma run` on a free local port with its data in a directory of the bench's, as .ci/run starts it.
+`chroma run` binds the port itself and takes no socket: the port is free when it is picked."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import httpx
 
-from tests.bench.server_process import free_port
+from app.testing.live_server import bound_socket
 
 
 @contextmanager
 def chroma_server(data: Path) -> Iterator[tuple[str, int]]:
-    port = free_port()
+    with bound_socket() as sock:
+        port = sock.getsockname()[1]
     chroma = Path(sys.executable).parent / "chroma"
     log = (data.parent / "chroma.log").open("w")
     server = subprocess.Popen(

@@ -22,6 +22,7 @@ from app.knowledge.records import ChunkRecord
 from app.knowledge.search import LiveBuild
 from app.knowledge.store import CHUNKS_PREFIX, Pointer, build_state, chunk_collection, store_client
 from app.settings import Settings
+from tests.support.processes import wait_stopped
 
 PLANS = """# Internet Plans
 
@@ -166,6 +167,7 @@ class Running:
         )
         self.stdout = ""
         self.stderr = ""
+        self._arrived = threading.Condition()
         self._readers = [
             threading.Thread(target=self._read, args=(self.process.stdout, "stdout"), daemon=True),
             threading.Thread(target=self._read, args=(self.process.stderr, "stderr"), daemon=True),
@@ -176,22 +178,26 @@ class Running:
     def _read(self, stream: Any, name: str) -> None:
         # os.read returns whatever has arrived; a buffered read would sit on a short progress line.
         while chunk := os.read(stream.fileno(), 4096):
-            setattr(self, name, getattr(self, name) + chunk.decode(errors="replace"))
+            with self._arrived:
+                setattr(self, name, getattr(self, name) + chunk.decode(errors="replace"))
+                self._arrived.notify_all()
+        with self._arrived:
+            self._arrived.notify_all()  # the stream ended: a waiter stops waiting for more
 
     def wait_for(self, pattern: str, timeout: float = 120, stream: str = "stderr") -> None:
+        """Until the ingest has written something matching `pattern`."""
         deadline = time.monotonic() + timeout
-        while not re.search(pattern, getattr(self, stream)):
-            assert self.process.poll() is None, f"ingest ended early: {self.stderr[-3000:]}"
-            assert time.monotonic() < deadline, f"no {pattern!r} in: {getattr(self, stream)[-3000:]}"
-            time.sleep(0.02)
+        with self._arrived:
+            while not re.search(pattern, getattr(self, stream)):
+                assert self.process.poll() is None, f"ingest ended early: {self.stderr[-3000:]}"
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {pattern!r} in: {getattr(self, stream)[-3000:]}"
+                self._arrived.wait(left)
 
     def wait_stopped(self, stage: str) -> None:
-        """Until the ingest has stopped itself at `stage` (--pause-at): its state in /proc is T."""
+        """Until the ingest has stopped itself at `stage` (--pause-at)."""
         self.wait_for(rf"paused at {stage}")
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{self.process.pid}/stat").read_text().split(") ")[1][0] != "T":
-            assert time.monotonic() < deadline, "the ingest announced its pause but did not stop"
-            time.sleep(0.01)
+        wait_stopped(self.process)
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)

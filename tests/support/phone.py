@@ -12,7 +12,7 @@ import asyncio
 import base64
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +29,8 @@ from app.testing.fake_twilio_api import FakeTwilioApi
 from app.testing.live_server import LiveServer
 from app.testing.speech_engine import SpeechEngineClient
 from app.testing.twilio_caller import TwilioCaller, ulaw_frames
-from tests.conftest import API_KEY, PUBLIC_URL, SECRET, TWILIO_TOKEN
+from tests.support.config import API_KEY, PUBLIC_URL, SECRET, TWILIO_TOKEN
 
-UNLISTED = "+19005550199"
 FAST_BRIDGE = BridgeLimits(start_timeout=2, ready_timeout=2, send_timeout=1, close_timeout=1)
 FAST_ACTIONS = ActionTimings(
     turn_timeout=5, line_start_timeout=5, settle=0.05, heard_timeout=5, audio_poll=0.01, close_timeout=5
@@ -76,6 +75,7 @@ class Phone:
     conv: FakeConversation
     client: SpeechEngineClient
     api: FakeTwilioApi
+    observed: Observed
 
     @property
     def svc(self) -> Any:
@@ -87,6 +87,16 @@ class Phone:
     def counted(self, name: str, **labels: str) -> float:
         return self.svc.metrics.registry.get_sample_value(name, labels) or 0.0
 
+    async def pressed(self, digit: str, count: int = 1) -> None:
+        """The caller presses a key, and the app has been told (`count`: keys pressed so far)."""
+        await self.caller.dtmf(digit)
+        await self.observed.wait(lambda seen: len(seen.digits) >= count)
+
+    async def hung_up(self) -> None:
+        """The caller hangs up, and the app has been told the call ended."""
+        await self.caller.hang_up()
+        await self.observed.wait(lambda seen: self.caller.call_sid in seen.ended)
+
 
 @asynccontextmanager
 async def phone_call(
@@ -97,6 +107,8 @@ async def phone_call(
         svc = server.app.extensions["switchboard"]
         svc.telephony.limits = FAST_BRIDGE
         svc.registry.timings = FAST_ACTIONS
+        observed = Observed()
+        svc.telephony.observers.append(observed)
         async with TwilioCaller(server.http_url, PUBLIC_URL, TWILIO_TOKEN, realtime=True) as caller:
             api.call_updates = CallUpdates(caller)
             await caller.dial()
@@ -110,7 +122,7 @@ async def phone_call(
                 f"{server.ws_url}/ws", api_key=API_KEY, shared_secret=SECRET, headers=headers
             ) as client:
                 await client.init(conv.conversation_id)
-                yield Phone(server, caller, conv, client, api)
+                yield Phone(server, caller, conv, client, api, observed)
 
 
 async def messages_of(settings: dict[str, Any], call_sid: str) -> list[Any]:
@@ -148,25 +160,27 @@ async def requests_made(fake: FakeOpenAI, count: int, timeout: float = 10.0) -> 
             await fake.request_seen.wait()
 
 
-class DigitsSeen:
-    """A call observer registered after the tools: once it has seen a digit, so have they."""
+class Observed:
+    """A call observer registered after the app's own: once it has seen a key or a call's end, so have they."""
 
     def __init__(self) -> None:
         self.digits: list[str] = []
+        self.ended: list[str] = []  # call SIDs
         self.changed = asyncio.Event()
 
     async def call_started(self, call: CallControl) -> None:
         pass
 
     async def call_ended(self, call: CallControl) -> None:
-        pass
+        self.ended.append(call.call_sid)
+        self.changed.set()
 
     def dtmf(self, call: CallControl, digit: str) -> None:
         self.digits.append(digit)
         self.changed.set()
 
-    async def wait(self, count: int, timeout: float = 5.0) -> None:
+    async def wait(self, check: Callable[[Observed], bool], timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):
-            while len(self.digits) < count:
+            while not check(self):
                 self.changed.clear()
                 await self.changed.wait()

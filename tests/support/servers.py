@@ -1,4 +1,9 @@
-"""Real servers for tests, from Debian's packages, each a throwaway instance on a free local port.
+"""Real servers for tests, from Debian's packages, each a throwaway instance, and `python -m app` as
+a process.
+
+No port is picked and then bound again by someone else: PostgreSQL and Redis listen on Unix sockets
+in their own temporary directories (so a test can stop one and start it again at the same address),
+nginx and `python -m app` are handed a socket this process bound and keeps.
 
 PostgreSQL runs in its own cluster under a temporary directory (as the `postgres` user when the
 tests run as root, which PostgreSQL refuses). When a server is not installed the tests that need it
@@ -14,18 +19,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.ports import listening_socket, shared_port
+from tests.support.waiting import until
 
 
 def missing(what: str) -> None:
@@ -34,15 +36,6 @@ def missing(what: str) -> None:
     if os.environ.get("REQUIRE_TEST_SERVERS") == "1":
         pytest.fail(message)
     pytest.skip(message)
-
-
-def wait_until(check: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not become ready within {timeout:.0f} s")
 
 
 def _postgres_bin() -> Path | None:
@@ -56,10 +49,11 @@ def _postgres_bin() -> Path | None:
 class Postgres:
     """One cluster: `url(db)` for a database in it, `stop()`/`start()` to take it away and back."""
 
-    def __init__(self, bin_dir: Path, root: Path, port: int, user: str | None) -> None:
+    PORT = 5432  # names the socket file in `root`; no TCP port is opened
+
+    def __init__(self, bin_dir: Path, root: Path, user: str | None) -> None:
         self.bin_dir = bin_dir
         self.root = root
-        self.port = port
         self._user = user
         self.data = root / "data"
 
@@ -73,24 +67,23 @@ class Postgres:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -h 127.0.0.1 -c fsync=off -c full_page_writes=off"
+        """Returns once it accepts connections (pg_ctl -w waits for that)."""
+        options = f"-p {self.PORT} -k {self.root} -c listen_addresses='' -c fsync=off -c full_page_writes=off"
         self._run(
             "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "-t", "60", "start"
         )
-        wait_until(self.accepting, 30, "PostgreSQL")
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
 
-    def accepting(self) -> bool:
-        return self._run("pg_isready", "-h", "127.0.0.1", "-p", str(self.port), check=False).returncode == 0
-
     def create_database(self, name: str) -> str:
-        self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c", f'CREATE DATABASE "{name}"')
+        self._run(
+            "psql", "-h", str(self.root), "-p", str(self.PORT), "-U", "postgres", "-c", f'CREATE DATABASE "{name}"'
+        )
         return self.url(name)
 
     def url(self, name: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+        return f"postgresql://postgres@/{name}?host={self.root}&port={self.PORT}"
 
 
 @contextmanager
@@ -104,7 +97,7 @@ def postgres_server() -> Iterator[Postgres]:
     if user:
         entry = pwd.getpwnam(user)
         os.chown(root, entry.pw_uid, entry.pw_gid)
-    server = Postgres(bin_dir, root, free_port(), user)
+    server = Postgres(bin_dir, root, user)
     try:
         server.init()
         server.start()
@@ -120,27 +113,36 @@ def postgres_server() -> Iterator[Postgres]:
 class RedisServer:
     """redis-server without persistence: a restart comes back empty, as after losing the machine."""
 
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = port
+        self.socket = root / "redis.sock"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket}?db=0"
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.root), "--logfile", str(self.root / "log")],
-        )  # fmt: skip
-        wait_until(self.answering, 20, "redis-server")
+    def start(self, timeout: float = 20.0) -> None:
+        """Returns once it accepts connections: it says so the way it tells systemd (READY=1)."""
+        notify_path = self.root / "notify"
+        notify_path.unlink(missing_ok=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(str(notify_path))
+            notify.settimeout(timeout)
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+                 "--save", "", "--appendonly", "no", "--dir", str(self.root), "--logfile", str(self.root / "log"),
+                 "--supervised", "systemd"],
+                env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
+            )  # fmt: skip
+            while b"READY=1" not in notify.recv(4096):
+                pass
 
     def answering(self) -> bool:
-        with socket.socket() as s:
+        with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(0.5)
             try:
-                s.connect(("127.0.0.1", self.port))
+                s.connect(str(self.socket))
                 s.sendall(b"PING\r\n")
                 return s.recv(16).startswith(b"+PONG")
             except OSError:
@@ -157,7 +159,7 @@ def redis_server() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         missing("redis-server")
     root = Path(tempfile.mkdtemp(prefix="switchboard-redis-"))
-    server = RedisServer(root, free_port())
+    server = RedisServer(root)
     try:
         server.start()
         yield server
@@ -205,26 +207,31 @@ http {{
 
 @contextmanager
 def nginx_in_front(ports: list[int]) -> Iterator[str]:
-    """nginx on a free port, round robin over the replicas on `ports`; yields its http URL."""
+    """nginx round robin over the replicas on `ports`; yields its http URL. It is handed its listening
+    socket (nginx takes over sockets named in $NGINX, as on a binary upgrade), so it is reachable at once."""
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if nginx is None:
         missing("nginx")
     assert nginx is not None
     root = Path(tempfile.mkdtemp(prefix="switchboard-nginx-"))
-    port = free_port()
     conf = root / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(
-            root=root,
-            port=port,
-            servers=" ".join(f"server 127.0.0.1:{p};" for p in ports),
-            pinned=" ".join(f"upstream replica_{n} {{ server 127.0.0.1:{p}; }}" for n, p in enumerate(ports)),
-            pins=" ".join(f"{n} replica_{n};" for n in range(len(ports))),
+    with listening_socket() as sock:
+        port = sock.getsockname()[1]
+        conf.write_text(
+            NGINX_CONF.format(
+                root=root,
+                port=port,
+                servers=" ".join(f"server 127.0.0.1:{p};" for p in ports),
+                pinned=" ".join(f"upstream replica_{n} {{ server 127.0.0.1:{p}; }}" for n, p in enumerate(ports)),
+                pins=" ".join(f"{n} replica_{n};" for n in range(len(ports))),
+            )
         )
-    )
-    process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(root)])
+        process = subprocess.Popen(
+            [nginx, "-c", str(conf), "-p", str(root)],
+            env={**os.environ, "NGINX": f"{sock.fileno()};"},
+            pass_fds=(sock.fileno(),),
+        )
     try:
-        wait_until(lambda: _listening(port), 20, "nginx")
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -232,43 +239,48 @@ def nginx_in_front(ports: list[int]) -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 # --- the product itself, as a process -------------------------------------------------------------
 
 
 class AppProcess:
-    """`python -m app` on a free port, as an operator runs it: its own process, its own signals."""
+    """`python -m app`, as an operator runs it: its own process, its own signals.
 
-    def __init__(self, env: dict[str, str], cwd: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
+    It serves on a listening socket bound here and handed over (`serve --fd`, as the WORKERS supervisor
+    hands its socket to each worker), kept across a restart. With WORKERS the supervisor binds PORT
+    itself (SO_REUSEPORT), and the port is held here meanwhile."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
         self.cwd = cwd
+        supervised = int(env.get("WORKERS") or 1) > 1
+        self.sock = shared_port() if supervised else listening_socket()
+        self.port = self.sock.getsockname()[1]
         self.env = {**os.environ, **env, "PORT": str(self.port)}
+        self.command = [sys.executable, "-m", "app", "--host", "127.0.0.1"]
+        self.handed: tuple[int, ...] = ()
+        if not supervised:
+            self.handed = (self.sock.fileno(),)
+            self.command += ["serve", "--fd", str(self.sock.fileno())]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, ready_path: str = "/readyz", timeout: float = 120) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "--host", "127.0.0.1"], env=self.env, cwd=self.cwd
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            if self.status(ready_path) == 200:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"python -m app did not become ready ({ready_path})")
+    async def start(self, ready_path: str = "/readyz", timeout: float = 120) -> None:
+        """Start it (again, after it ended) and return once `ready_path` answers 200."""
+        # A Popen, not an asyncio subprocess: tests signal and reap it from any thread.
+        self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, pass_fds=self.handed)  # noqa: ASYNC220
 
-    def status(self, path: str = "/readyz") -> int | None:
-        import httpx
+        async def ready() -> bool:
+            assert self.process is not None and self.process.poll() is None, "python -m app exited"
+            return await self.status(ready_path) == 200
 
+        await until(ready, timeout=timeout, what=f"python -m app ready ({ready_path})", every=0.1)
+
+    async def status(self, path: str = "/readyz") -> int | None:
         try:
-            return httpx.get(f"{self.url}{path}", timeout=2).status_code
+            async with httpx.AsyncClient() as client:
+                return (await client.get(f"{self.url}{path}", timeout=2)).status_code
         except httpx.TransportError:
             return None
 
@@ -288,3 +300,4 @@ class AppProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        self.sock.close()

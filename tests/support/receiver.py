@@ -99,10 +99,3 @@ class Receiver:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def reserved_port() -> socket.socket:
-    """A bound socket that is not listening yet: connections to its port are refused until it serves."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock
