@@ -120,6 +120,13 @@ def refuses(port: int) -> bool:
     return False
 
 
+def as_a_terminal_starts_it() -> None:
+    """In the child before `make call` starts: Ctrl-C's signal at its default, as a shell leaves it for
+    the command it runs in the foreground. A suite started in the background by a shell without job
+    control (CI, a long run) has SIGINT ignored, and a child inherits that: Ctrl-C would never reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_ctrl_c_mid_call_leaves_nothing_running(checkout: Path) -> None:
     process = await asyncio.create_subprocess_exec(
         *COMMAND,
@@ -128,6 +135,7 @@ async def test_ctrl_c_mid_call_leaves_nothing_running(checkout: Path) -> None:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=as_a_terminal_starts_it,
     )
     assert process.stdin is not None and process.stdout is not None
     ports: list[int] = []
