@@ -19,9 +19,9 @@ from typing import Any
 
 from app.calls.control import CallControl
 from app.calls.registry import ActionTimings
-from app.configure import CALL_SID_HEADER
 from app.records.store import open_for_reading
 from app.settings import Settings
+from app.speech_engine_contract import CALL_SID_HEADER
 from app.telephony.state import BridgeLimits
 from app.testing.fake_elevenlabs import FakeConversation, FakeElevenLabs
 from app.testing.fake_openai import FakeOpenAI
@@ -97,7 +97,7 @@ async def phone_call(
         svc = server.app.extensions["switchboard"]
         svc.telephony.limits = FAST_BRIDGE
         svc.registry.timings = FAST_ACTIONS
-        async with TwilioCaller(server.http_url, PUBLIC_URL, TWILIO_TOKEN, realtime=True) as caller:
+        async with TwilioCaller(server.http_url, PUBLIC_URL, TWILIO_TOKEN, realtime=True, api=api) as caller:
             api.call_updates = CallUpdates(caller)
             await caller.dial()
             await caller.open_stream()

@@ -58,6 +58,10 @@ def history(call_settings: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
 
 async def hung_up(phone: Phone) -> None:
     await phone.caller.hang_up()
+    await bridge_ended(phone)
+
+
+async def bridge_ended(phone: Phone) -> None:
     registry = phone.svc.registry
     async with asyncio.timeout(5):
         while registry.lookup(call_sid=phone.caller.call_sid) is not None:  # noqa: ASYNC110 - the bridge's end
@@ -79,7 +83,7 @@ async def test_a_whole_call_is_in_the_calls_command_and_on_the_review_page(
         await phone.client.ask("can I talk to someone in sales?")
         await phone.speak(0.3, event_id=2)
         await twilio_api.call_updates.wait(1)
-        await hung_up(phone)
+        await bridge_ended(phone)  # Twilio stopped the stream when the call was redirected
         await flushed(phone.server)
         sid = phone.caller.call_sid
         async with httpx.AsyncClient(base_url=phone.server.http_url, auth=AUTH) as browser:
@@ -90,6 +94,7 @@ async def test_a_whole_call_is_in_the_calls_command_and_on_the_review_page(
     calls = command(history, "calls", "--json")["calls"]
     (mine,) = [c for c in calls if c["call_sid"] == sid]
     assert mine["outcome"] == "transferred" and mine["ended"] == "transferred to sales" and mine["turns"] == 2
+    assert mine["end_reason"] == "transferred" and mine["transferred_to"] == "sales"
     assert mine["caller"] == "+•••••••4567" and mine["duration_s"] > 0
     shown = command(history, "calls", "show", sid, "--json")
     one, two = shown["turn_list"]

@@ -547,6 +547,32 @@ async def test_a_call_that_leaves_a_message_announces_it_and_its_end_signed_to_t
         assert signed_by(request, SECRET) and not signed_by(request, "another-secret")
 
 
+async def test_a_transferred_call_announces_its_end_as_a_transfer(
+    serve, notify_call, fake_elevenlabs, fake_model, twilio_api, receiver: Receiver
+) -> None:
+    from app.testing.fake_openai import Reply
+    from tests.phone import phone_call
+
+    line = "Of course, I'll put you through to our sales team now."
+    fake_model.queue(Reply.text(line, tool_calls=[("transfer_call", '{"department": "sales"}')]), Reply(tokens=[]))
+    async with phone_call(serve, notify_call(receiver), fake_elevenlabs, twilio_api) as phone:
+        await records_ready(phone)
+        await phone.client.ask("can I talk to someone in sales?")
+        await phone.speak(0.3)
+        await twilio_api.call_updates.wait(1)
+        await phone.caller.wait_closed()  # Twilio stopped the stream of the redirected call
+        await receiver.wait(lambda r: len(r.delivered()) == 1)  # after the grace for late records
+        sid = phone.caller.call_sid
+        async with phone.svc.records.engine.connect() as conn:
+            recorded = await get_call(conn, sid)
+    (ended,) = receiver.requests
+    assert ended.event["type"] == "call.ended" and signed_by(ended, SECRET)
+    data = ended.event["data"]
+    assert data["call_sid"] == sid and data["ended"] == "transferred" and data["transferred_to"] == "sales"
+    assert recorded is not None and recorded.call.end_reason == "transferred"
+    assert recorded.call.ended_how == "transferred to sales"
+
+
 async def test_a_slow_receiver_never_delays_a_call(serve, notify_call, fake_elevenlabs, fake_model, twilio_api) -> None:
     from app.testing.fake_openai import Reply
     from app.testing.twilio_caller import ulaw_frames

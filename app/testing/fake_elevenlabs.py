@@ -12,8 +12,9 @@
   `on_conversation` (the whole engine, in `fake_engine`).
 
 Faults: `refuse_signed_url` (an HTTP status), `refuse_socket`, `stall` (never send metadata), formats
-other than ulaw_8000, malformed frames and closing mid-call through the conversation handle, and
-`patch_ignores` (fields a PATCH of the engine silently leaves as they were).
+other than ulaw_8000, malformed frames, error events (alone, or before a close) and closing mid-call
+through the conversation handle, and `patch_ignores` (fields a PATCH of the engine silently leaves
+as they were).
 """
 
 from __future__ import annotations
@@ -108,7 +109,14 @@ class FakeConversation:
         )
 
     async def error(self, message: str = "boom", code: int = 1011, error_type: str = "internal") -> None:
+        """An error event. ElevenLabs sends one on its own (the conversation goes on), or just before
+        it closes the socket (`fail`)."""
         await self.send({"type": "error", "error_event": {"code": code, "message": message, "error_type": error_type}})
+
+    async def fail(self, message: str = "boom", code: int = 1011) -> None:
+        """The conversation cannot go on: an error event, then the socket closes with `code`."""
+        await self.error(message, code)
+        await self.close(code, message)
 
     async def speak(self, text: str, event_id: int) -> None:
         """The agent says `text`: its audio (the stand-in's voice), then the agent_response event."""

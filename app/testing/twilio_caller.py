@@ -7,7 +7,8 @@ connected, start (with the TwiML's parameters), real 20 ms μ-law frames, dtmf, 
 
 Like Twilio it plays agent audio in order and echoes each mark once the audio before it has played;
 `realtime=True` plays at 8000 bytes a second, otherwise instantly. `clear` empties the queue and
-echoes the marks that were waiting in it.
+echoes the marks that were waiting in it. Given the REST API stand-in (`api`), its stream ends as
+Twilio ends it when the call is updated through REST (a redirect or a hang-up): `stop`, then close.
 
 `make call` (`app.testing.phone`) uses it to place a whole call.
 """
@@ -25,13 +26,16 @@ import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+if TYPE_CHECKING:
+    from app.testing.fake_twilio_api import FakeTwilioApi
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
 
@@ -103,6 +107,7 @@ class TwilioCaller:
         realtime: bool = False,
         on_media: Callable[[str], None] | None = None,
         record: bool = True,
+        api: FakeTwilioApi | None = None,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.public_url = public_url.rstrip("/")
@@ -115,6 +120,7 @@ class TwilioCaller:
         self.realtime = realtime
         self.on_media = on_media
         self.record = record
+        self.api = api
         self.webhook: Webhook | None = None
         self.ws: ClientConnection | None = None
         # What came back, in order: ("media", payload) / ("mark", name) / ("clear", "") / other JSON.
@@ -130,6 +136,7 @@ class TwilioCaller:
         self._queued = asyncio.Event()
         self._updates = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
 
     # --- the webhook ------------------------------------------------------------------------
 
@@ -211,6 +218,8 @@ class TwilioCaller:
         if sign:
             headers["X-Twilio-Signature"] = signature or self.validator.compute_signature(url, {})
         self.ws = await connect(self._local(url), additional_headers=headers, compression=None, open_timeout=10)
+        if self.api is not None:
+            self.api.streams[self.call_sid] = self
         self._tasks = [
             asyncio.create_task(self._read(), name=f"twilio-caller-reader-{self.call_sid}"),
             asyncio.create_task(self._play(), name=f"twilio-caller-player-{self.call_sid}"),
@@ -342,9 +351,17 @@ class TwilioCaller:
             await self.closed.wait()
         return self.close_code
 
+    @property
+    def streaming(self) -> bool:
+        """The media stream is open (Twilio has not ended it, nor has the server closed it)."""
+        return self.ws is not None and not self.closed.is_set() and not self._stopped
+
     async def hang_up(self) -> None:
-        """Twilio's end of a call: stop, then the socket closes."""
-        await self.stop()
+        """Twilio's end of a stream (the caller hung up, or a REST update moved the call on): stop,
+        then the socket closes. Nothing to do for a stream that has already ended."""
+        if self.streaming:
+            self._stopped = True
+            await self.stop()
         await self.aclose()
 
     async def aclose(self) -> None:
