@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,29 @@ def test_webhook_urls_are_secrets_and_none_are_used_without_the_signing_secret()
         Settings(_env_file=None, smtp_url="smtp://mail.example:submission")
     mail = Settings(_env_file=None, notify_email_to="a@example.com, b@example.com", smtp_url="smtp://u:pw@mail.example")
     assert mail.email_enabled and mail.notify_email_to == ["a@example.com", "b@example.com"] and "pw" not in repr(mail)
+
+
+def test_start_up_refuses_a_public_url_twilio_cannot_stream_to_in_one_line(tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if name.lower() not in Settings.model_fields}
+    started = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=tmp_path, env={**env, "PUBLIC_URL": "http://switchboard.example"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert started.returncode == 1
+    (line,) = [line for line in started.stderr.splitlines() if "PUBLIC_URL" in line]
+    assert "must be https" in line and "wss://" in line
+
+
+@pytest.mark.parametrize(
+    ("local", "remote"),
+    [
+        ("http://localhost:3001", "http://localhost.example.com:3001"),
+        ("http://127.0.0.1:3001", "http://10.0.0.1:3001"),
+        ("http://127.8.0.1", "http://128.0.0.1"),
+        ("http://[::1]:9", "http://[2001:db8::1]:9"),
+    ],
+)
+def test_http_stays_allowed_on_this_machine_alone(local: str, remote: str) -> None:
+    assert Settings(_env_file=None, public_url=local).public_url == local
+    with pytest.raises(ValidationError, match=re.escape(f"PUBLIC_URL {remote} must be https")):
+        Settings(_env_file=None, public_url=remote)

@@ -9,6 +9,7 @@ Like Twilio it plays agent audio in order and echoes each mark once the audio be
 `realtime=True` plays at 8000 bytes a second, otherwise instantly. `clear` empties the queue and
 echoes the marks that were waiting in it. Given the REST API stand-in (`api`), its stream ends as
 Twilio ends it when the call is updated through REST (a redirect or a hang-up): `stop`, then close.
+`delay` puts a one-way network delay on the leg to the server, both ways (benchmarks).
 
 `make call` (`app.testing.phone`) uses it to place a whole call.
 """
@@ -33,6 +34,8 @@ import httpx
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from app.testing.latency import Outbox, arrivals
 
 if TYPE_CHECKING:
     from app.testing.fake_twilio_api import FakeTwilioApi
@@ -108,6 +111,7 @@ class TwilioCaller:
         on_media: Callable[[str], None] | None = None,
         record: bool = True,
         api: FakeTwilioApi | None = None,
+        delay: float = 0.0,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.public_url = public_url.rstrip("/")
@@ -121,6 +125,8 @@ class TwilioCaller:
         self.on_media = on_media
         self.record = record
         self.api = api
+        self.delay = delay
+        self._outbox: Outbox[str | bytes] | None = None
         self.webhook: Webhook | None = None
         self.ws: ClientConnection | None = None
         # What came back, in order: ("media", payload) / ("mark", name) / ("clear", "") / other JSON.
@@ -181,7 +187,9 @@ class TwilioCaller:
         if not signature:
             del sent["X-Twilio-Signature"]
         async with httpx.AsyncClient(timeout=10) as client:
+            await asyncio.sleep(self.delay)  # the request on its way
             response = await client.post(self._local(public), data=form, headers=sent)
+            await asyncio.sleep(self.delay)  # the answer on its way back
         return Webhook.parse(response.status_code, response.text)
 
     async def dial(self, path: str = "/incoming-call", **kw: Any) -> Webhook:
@@ -217,7 +225,11 @@ class TwilioCaller:
         headers = dict(headers or {})
         if sign:
             headers["X-Twilio-Signature"] = signature or self.validator.compute_signature(url, {})
+        await asyncio.sleep(self.delay)
         self.ws = await connect(self._local(url), additional_headers=headers, compression=None, open_timeout=10)
+        await asyncio.sleep(self.delay)
+        if self.delay:
+            self._outbox = Outbox(self.ws.send, self.delay, f"twilio-caller-outbox-{self.call_sid}")
         if self.api is not None:
             self.api.streams[self.call_sid] = self
         self._tasks = [
@@ -230,7 +242,10 @@ class TwilioCaller:
 
     async def send_raw(self, data: str | bytes) -> None:
         assert self.ws is not None
-        await self.ws.send(data)
+        if self._outbox is not None:
+            self._outbox.put(data)
+        else:
+            await self.ws.send(data)
 
     async def connected(self) -> None:
         await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
@@ -286,7 +301,7 @@ class TwilioCaller:
     async def _read(self) -> None:
         assert self.ws is not None
         try:
-            async for raw in self.ws:
+            async for raw in arrivals(self.ws, self.delay) if self.delay else self.ws:
                 message = json.loads(raw)
                 event = message.get("event")
                 if event == "media":
@@ -366,6 +381,8 @@ class TwilioCaller:
 
     async def aclose(self) -> None:
         """Close the socket (without a stop, if none was sent: an abrupt drop) and the tasks."""
+        if self._outbox is not None:
+            await self._outbox.aclose()
         if self.ws is not None:
             await self.ws.close()
         for task in self._tasks:
