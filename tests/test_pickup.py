@@ -131,5 +131,5 @@ async def test_a_stream_reaching_another_replica_opens_its_own_and_the_early_one
         claimed = metric(stream_replica, "switchboard_early_conversations_total", outcome="claimed")
         await caller.hang_up()
         assert await ended(stream_replica, caller) is EndReason.CALLER_HUNG_UP
-    assert early.user_audio == [] and unclaimed == 1 and claimed == 0
+    assert early.user_audio == [] and early.ws.close_code == 1000 and unclaimed == 1 and claimed == 0
     assert caller.media == own.agent_audio
