@@ -5,8 +5,8 @@ the initiation data (the call's dynamic variables and the greeting) and the meta
 say ulaw_8000 both ways. So it starts when Twilio's webhook arrives (`EarlyStarts`), while Twilio is
 still opening the media stream: the caller hears the greeting that much sooner. Until the stream
 starts, nothing more is read from the socket, so the greeting's audio waits there and then goes
-out in order. A conversation no stream claims within `BridgeLimits.early_unclaimed` (the caller
-hung up, or the stream reached another replica, which opens its own) is closed. Its webhook's
+out in order. A conversation no stream has claimed `BridgeLimits.early_unclaimed` after it opened
+(the caller hung up, or the stream reached another replica, which opens its own) is closed. Its webhook's
 admission slot covers it, as it covers the call.
 
 Relaying: agent audio goes to Twilio untouched, except audio of a response the caller interrupted;
@@ -287,8 +287,10 @@ class EarlyStarts:
         return leg
 
     async def _expire(self, leg: ElevenLabsLeg) -> None:
+        assert leg.opening is not None
         stopping = True  # cancelled: the server is stopping
         try:
+            await asyncio.wait([leg.opening])  # open (or failed): the wait for its stream starts now
             await asyncio.sleep(self.telephony.limits.early_unclaimed)
             stopping = False
         finally:

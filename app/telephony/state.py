@@ -61,7 +61,7 @@ class BridgeLimits:
 
     start_timeout: float = 10.0  # accepted upgrade → Twilio `start`
     ready_timeout: float = 8.0  # opening a conversation: signed URL, socket open, conversation metadata
-    early_unclaimed: float = 5.0  # webhook → its stream takes the conversation opened early, or it is closed
+    early_unclaimed: float = 5.0  # a conversation opened early that no stream has taken this long after is closed
     send_timeout: float = 2.0  # any one send to either peer
     close_timeout: float = 2.0  # closing the ElevenLabs socket
     observer_timeout: float = 1.0  # each observer callback
