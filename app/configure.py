@@ -25,16 +25,13 @@ from elevenlabs import AsrConversationalConfig, SpeechEngineConfig, TtsConversat
 from elevenlabs.client import ElevenLabs
 
 from app.settings import Settings, load_settings
+from app.speech_engine_contract import BRAIN_PATH, CALL_SID_HEADER, SECRET_HEADER, request_headers
 from app.telephony.elevenlabs_frames import PHONE_FORMAT
 from app.telephony.signatures import public_url, stream_url
 from app.telephony.twilio_rest import rest_client
 from app.telephony.webhook import ACTION_PATH, INCOMING_PATH
 
-BRAIN_PATH = "/ws"
 VOICE_MODEL = "eleven_flash_v2"
-SECRET_HEADER = "x-api-key"
-CALL_SID_HEADER = "x-call-sid"
-CALL_SID_VARIABLE = "call_sid"
 _SECRET = "(SHARED_SECRET)"
 
 Print = Callable[[str], None]
@@ -72,6 +69,7 @@ def engine_plan(settings: Settings, current: dict[str, Any]) -> tuple[list[Chang
     asr = dict(current.get("asr") or {})
     tts = dict(current.get("tts") or {})
     headers = dict(engine.get("request_headers") or {})
+    wanted_headers = request_headers(secret)
     changes: list[Change] = []
 
     ws_url = stream_url(settings, BRAIN_PATH)
@@ -80,7 +78,7 @@ def engine_plan(settings: Settings, current: dict[str, Any]) -> tuple[list[Chang
     if headers.get(SECRET_HEADER) != secret:
         old = "(another value)" if headers.get(SECRET_HEADER) is not None else None
         changes.append(Change(f"speech_engine.request_headers.{SECRET_HEADER}", old, _SECRET))
-    call_sid = {"variable_name": CALL_SID_VARIABLE}
+    call_sid = wanted_headers[CALL_SID_HEADER]
     if headers.get(CALL_SID_HEADER) != call_sid:
         changes.append(
             Change(f"speech_engine.request_headers.{CALL_SID_HEADER}", headers.get(CALL_SID_HEADER), call_sid)
@@ -93,7 +91,7 @@ def engine_plan(settings: Settings, current: dict[str, Any]) -> tuple[list[Chang
         if values.get(name) != wanted:
             changes.append(Change(f"{section}.{name}", values.get(name), wanted))
 
-    headers.update({SECRET_HEADER: secret, CALL_SID_HEADER: call_sid})
+    headers.update(wanted_headers)
     update: dict[str, Any] = {
         "speech_engine": SpeechEngineConfig(**{**engine, "ws_url": ws_url, "request_headers": headers}),
         "asr": AsrConversationalConfig(**{**asr, "user_input_audio_format": PHONE_FORMAT}),
@@ -219,8 +217,6 @@ def _failure(exc: Exception) -> str:
 
 
 def run(settings: Settings, *, dry_run: bool, say: Print = print) -> int:
-    if settings.public_url and not settings.public_url.startswith("https:"):
-        say(f"warning: PUBLIC_URL {settings.public_url} is not https; Twilio only streams to wss:// URLs")
     engine_ok = configure_engine(settings, dry_run, say)
     number_ok = configure_number(settings, dry_run, say)
     return 0 if engine_ok and number_ok else 1

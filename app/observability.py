@@ -191,6 +191,17 @@ class Metrics:
             "switchboard_calls_total", "Calls bridged, by end reason", ["reason"], registry=self.registry
         )
         self.calls_active = Gauge("switchboard_calls_active", "Calls being bridged now", registry=self.registry)
+        self.early_conversations = Counter(
+            "switchboard_early_conversations_total",
+            "Conversations opened when the webhook arrived: claimed by their stream, or closed unclaimed",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.elevenlabs_errors = Counter(
+            "switchboard_elevenlabs_errors_total",
+            "Error events on ElevenLabs conversation sockets (the call goes on until the socket closes)",
+            registry=self.registry,
+        )
         self.call_seconds = Histogram(
             "switchboard_call_seconds",
             "Bridged call length",

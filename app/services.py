@@ -42,7 +42,7 @@ class Services:
         self.registry: InProcessCallRegistry = InProcessCallRegistry()
         if settings.shared_state:
             self._share(settings.secret("redis_url") or "")
-        self.call_actions = CallActions(settings, self.metrics)
+        self.call_actions = CallActions(settings, self.metrics, self.telephony.calls)
         self.toolbox: Toolbox | None = None
         self.records = RecordsStore(settings, self.metrics, self._embed_question)
         self.delivery = Delivery(settings, self.metrics, self.records.engine, self.records.outbox, self.records.ready)

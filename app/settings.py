@@ -6,6 +6,7 @@ Names follow the configuration contract in the design; nothing else in the produ
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import sys
@@ -158,6 +159,11 @@ class Settings(BaseSettings):
             raise ValueError("PUBLIC_URL must look like https://your-host.example (the tunnel's https URL)")
         if parts.query or parts.fragment or parts.path not in ("", "/"):
             raise ValueError("PUBLIC_URL is a base URL: scheme and host only, no path or query")
+        if parts.scheme == "http" and not _loopback(parts.hostname):
+            raise ValueError(
+                f"PUBLIC_URL {value} must be https: Twilio opens media streams only to wss:// URLs "
+                "(http is for this machine alone: localhost, 127.0.0.1, ::1)"
+            )
         return f"{parts.scheme}://{parts.netloc}"
 
     @field_validator("database_url")
@@ -297,6 +303,18 @@ class Settings(BaseSettings):
         """The plain value of a secret field, for the one place that needs it."""
         value = getattr(self, name)
         return value.get_secret_value() if value is not None else None
+
+
+def _loopback(host: str | None) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: a URL only this machine reaches (`make call`'s stand-ins)."""
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _EmptyGreeting(PydanticBaseSettingsSource):

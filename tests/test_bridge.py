@@ -11,21 +11,20 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
+from twilio.request_validator import RequestValidator
 from websockets.exceptions import InvalidStatus
 
 from app.calls.control import CallControl, EndReason
-from app.telephony.state import BridgeLimits, Telephony
+from app.telephony.state import BridgeLimits
 from app.testing.fake_elevenlabs import FakeElevenLabs
 from app.testing.live_server import LiveServer
 from app.testing.twilio_caller import TwilioCaller, ulaw_frames
+from tests.support.bridge import ended, metric, telephony
 from tests.support.config import PUBLIC_URL, TWILIO_TOKEN
 
 FAST = BridgeLimits(start_timeout=2, ready_timeout=2, send_timeout=1, close_timeout=1)
-
-
-def telephony(server: LiveServer) -> Telephony:
-    return server.app.extensions["switchboard"].telephony
 
 
 @asynccontextmanager
@@ -43,10 +42,6 @@ def b64(frames: list[bytes]) -> list[str]:
     return [base64.b64encode(frame).decode() for frame in frames]
 
 
-def metric(server: LiveServer, name: str, **labels: str) -> float:
-    return telephony(server).metrics.registry.get_sample_value(name, labels) or 0.0
-
-
 async def started_call(caller: TwilioCaller, fake: FakeElevenLabs, index: int = 0) -> Any:
     await caller.dial()
     await caller.open_stream()
@@ -55,12 +50,6 @@ async def started_call(caller: TwilioCaller, fake: FakeElevenLabs, index: int = 
     conv = await fake.conversation(index)
     await conv.wait_for(lambda: conv.initiation is not None)
     return conv
-
-
-async def ended(server: LiveServer, caller: TwilioCaller) -> EndReason | None:
-    """The stream's recorded outcome, once the server has closed Twilio's socket."""
-    await caller.wait_closed()
-    return await telephony(server).outcomes.get(caller.call_sid)
 
 
 class Recorder:
@@ -252,12 +241,34 @@ async def test_elevenlabs_closing_closes_twilio(serve, phone_settings, fake_elev
         assert action.verbs == ["Say", "Dial", "Hangup"] and action.dialled == ["+15550001111"]
 
 
-async def test_elevenlabs_error_event_ends_the_call(serve, phone_settings, fake_elevenlabs) -> None:
+async def test_an_elevenlabs_error_event_is_counted_and_audio_keeps_flowing_both_ways(
+    serve, phone_settings, fake_elevenlabs
+) -> None:
     async with phone_server(serve, phone_settings) as server, caller_for(server) as caller:
         conv = await started_call(caller, fake_elevenlabs)
-        await conv.error("LLM failed", code=1002)
+        await conv.error("TTS hiccup", code=1011)  # on its own: no close follows
+        sent = await caller.send_audio(ulaw_frames(0.4))
+        await conv.wait_for(lambda: conv.user_audio == sent)
+        agent = b64(ulaw_frames(0.4, frequency=220))
+        for payload in agent:
+            await conv.audio(payload, event_id=2)
+        await caller.wait_for(lambda: caller.media == agent)
+        async with httpx.AsyncClient() as http:
+            exposed = (await http.get(f"{server.http_url}/metrics")).text
+        await caller.hang_up()
+        assert await ended(server, caller) is EndReason.CALLER_HUNG_UP
+    assert "switchboard_elevenlabs_errors_total 1.0" in exposed
+
+
+async def test_an_elevenlabs_error_before_a_close_ends_the_call_with_the_close(
+    serve, phone_settings, fake_elevenlabs
+) -> None:
+    async with phone_server(serve, phone_settings) as server, caller_for(server) as caller:
+        conv = await started_call(caller, fake_elevenlabs)
+        await conv.fail("LLM failed", code=1002)
         assert await ended(server, caller) is EndReason.UPSTREAM_DROPPED
-        await conv.wait_for(lambda: conv.closed)
+        errors = metric(server, "switchboard_elevenlabs_errors_total")
+    assert errors == 1
 
 
 async def test_max_call_length_ends_the_call_gracefully(serve, phone_settings, fake_elevenlabs) -> None:
@@ -366,31 +377,59 @@ async def test_a_caller_that_stops_reading_is_cut_off_by_the_send_timeout(
 # --- refusing streams -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signature", ["", "bm90IGEgc2lnbmF0dXJl"])
+async def closed_unclaimed(server: LiveServer, fake: FakeElevenLabs) -> Any:
+    """The one conversation, opened when the webhook arrived, once it has been closed with no stream
+    having taken it (no caller audio, no agent audio relayed)."""
+    conv = await fake.conversation()
+    await conv.wait_for(lambda: conv.closed)
+    assert len(fake.conversations) == 1 and conv.user_audio == []
+    assert metric(server, "switchboard_early_conversations_total", outcome="unclaimed") == 1
+    return conv
+
+
+@pytest.mark.parametrize("signature", ["", "bm90IGEgc2lnbmF0dXJl", "wrong-token", "other-host"])
 async def test_upgrade_without_a_valid_signature_is_refused(serve, phone_settings, fake_elevenlabs, signature) -> None:
-    async with phone_server(serve, phone_settings) as server, caller_for(server) as caller:
+    async with phone_server(serve, phone_settings, early_unclaimed=0.3) as server, caller_for(server) as caller:
         await caller.dial()
+        if signature == "wrong-token":  # the right URL, signed with another account's auth token
+            signature = RequestValidator("another-auth-token").compute_signature(caller.webhook.stream_url, {})
+        elif signature == "other-host":  # the right token, but the URL of another server
+            signature = caller.validator.compute_signature("wss://other.example/media-stream", {})
         with pytest.raises(InvalidStatus) as refused:
             await caller.open_stream(signature=signature, sign=bool(signature))
         rejected = metric(server, "switchboard_twilio_rejected_total", reason="stream_signature")
+        await closed_unclaimed(server, fake_elevenlabs)
     assert refused.value.response.status_code == 403
     assert rejected == 1
-    assert fake_elevenlabs.signed_url_requests == 0 and fake_elevenlabs.socket_attempts == 0
 
 
-async def test_upgrade_signed_in_the_https_form_is_accepted(serve, phone_settings, fake_elevenlabs) -> None:
+@pytest.mark.parametrize(
+    "signed",
+    [
+        "wss://switchboard.example/media-stream",
+        "wss://switchboard.example:443/media-stream",
+        "https://switchboard.example/media-stream",
+        "https://switchboard.example:443/media-stream",
+    ],
+)
+async def test_every_form_twilio_may_sign_the_stream_url_in_is_accepted(
+    serve, phone_settings, fake_elevenlabs, signed
+) -> None:
     async with phone_server(serve, phone_settings) as server, caller_for(server) as caller:
-        await caller.dial()
-        https_form = f"{PUBLIC_URL}/media-stream"
-        await caller.open_stream(signature=caller.validator.compute_signature(https_form, {}))
+        hook = await caller.dial()
+        assert hook.stream_url == "wss://switchboard.example/media-stream"  # the form the TwiML gives
+        await caller.open_stream(signature=caller.validator.compute_signature(signed, {}))
         await caller.start()
-        await fake_elevenlabs.conversation()
+        conv = await fake_elevenlabs.conversation()
+        sent = await caller.send_audio(ulaw_frames(0.2))
+        await conv.wait_for(lambda: conv.user_audio == sent)
         await caller.hang_up()
+        assert await ended(server, caller) is EndReason.CALLER_HUNG_UP
 
 
 @pytest.mark.parametrize("tamper", ["no_token", "garbage", "other_call", "other_caller"])
 async def test_bad_call_token_closes_without_going_upstream(serve, phone_settings, fake_elevenlabs, tamper) -> None:
-    async with phone_server(serve, phone_settings) as server, caller_for(server) as caller:
+    async with phone_server(serve, phone_settings, early_unclaimed=0.3) as server, caller_for(server) as caller:
         hook = await caller.dial()
         params = dict(hook.parameters)
         call_sid = None
@@ -406,8 +445,9 @@ async def test_bad_call_token_closes_without_going_upstream(serve, phone_setting
         await caller.start(params, call_sid=call_sid)
         code = await caller.wait_closed()
         rejected = metric(server, "switchboard_twilio_rejected_total", reason="call_token")
+        await closed_unclaimed(server, fake_elevenlabs)
     assert code == 1008 and rejected == 1
-    assert fake_elevenlabs.signed_url_requests == 0 and fake_elevenlabs.socket_attempts == 0
+    assert caller.media == []
 
 
 async def test_a_second_stream_for_a_live_call_is_refused(serve, phone_settings, fake_elevenlabs) -> None:
@@ -424,12 +464,13 @@ async def test_a_second_stream_for_a_live_call_is_refused(serve, phone_settings,
 
 
 async def test_no_start_closes_the_stream(serve, phone_settings, fake_elevenlabs) -> None:
-    async with phone_server(serve, phone_settings, start_timeout=0.2) as server, caller_for(server) as caller:
+    limits = {"start_timeout": 0.2, "early_unclaimed": 0.3}
+    async with phone_server(serve, phone_settings, **limits) as server, caller_for(server) as caller:
         await caller.dial()
         await caller.open_stream()
         await caller.connected()
         assert await caller.wait_closed() == 1008
-    assert fake_elevenlabs.signed_url_requests == 0
+        await closed_unclaimed(server, fake_elevenlabs)
 
 
 # --- untrusted frames -------------------------------------------------------------------------

@@ -133,6 +133,7 @@ async def test_outcomes_expire_and_stay_bounded() -> None:
 def test_failed_reasons() -> None:
     normal = {
         EndReason.CALLER_HUNG_UP,
+        EndReason.TRANSFERRED,
         EndReason.AGENT_ENDED,
         EndReason.REQUESTED,
         EndReason.MAX_DURATION,

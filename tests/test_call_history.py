@@ -77,7 +77,7 @@ async def test_a_whole_call_is_in_the_calls_command_and_on_the_review_page(
         await phone.client.ask("can I talk to someone in sales?")
         await phone.speak(0.3, event_id=2)
         await twilio_api.call_updates.wait(1)
-        await phone.hung_up()
+        await phone.ended()  # Twilio stopped the stream when the call was redirected
         await flushed(phone.server)
         sid = phone.caller.call_sid
         async with httpx.AsyncClient(base_url=phone.server.http_url, auth=AUTH) as browser:
@@ -88,6 +88,7 @@ async def test_a_whole_call_is_in_the_calls_command_and_on_the_review_page(
     calls = command(history, "calls", "--json")["calls"]
     (mine,) = [c for c in calls if c["call_sid"] == sid]
     assert mine["outcome"] == "transferred" and mine["ended"] == "transferred to sales" and mine["turns"] == 2
+    assert mine["end_reason"] == "transferred" and mine["transferred_to"] == "sales"
     assert mine["caller"] == "+•••••••4567" and mine["duration_s"] > 0
     shown = command(history, "calls", "show", sid, "--json")
     one, two = shown["turn_list"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import signal
@@ -15,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
+from tests.support.make_call import COMMAND, environment, run
 from tests.support.paths import ENV_EXAMPLE, KNOWLEDGE
 from tests.support.processes import descendants, running
 
-COMMAND = [sys.executable, "-m", "app.testing.phone"]  # what `make call` runs
 GREETING = "Thanks for calling Kestrel Broadband. How can I help?"
 ADDRESS = re.compile(r"(?:http|ws)://127\.0\.0\.1:(\d+)")
 
@@ -36,21 +34,6 @@ def checkout(tmp_path: Path, shared_data_dir: Path, kb_index: Path) -> Path:
     if (shared_data_dir / "models").is_dir():
         shutil.copytree(shared_data_dir / "models", root / "data" / "models")
     return root
-
-
-def environment() -> dict[str, str]:
-    """This machine's environment without any Switchboard setting: only the generated .env counts."""
-    return {name: value for name, value in os.environ.items() if name.lower() not in Settings.model_fields}
-
-
-async def run(root: Path, *args: str, timeout: float = 120) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *args, cwd=root, env=environment(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    async with asyncio.timeout(timeout):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_a_scripted_call_answers_takes_a_message_and_transfers(checkout: Path) -> None:
@@ -105,6 +88,13 @@ def refuses(port: int) -> bool:
     return False
 
 
+def as_a_terminal_starts_it() -> None:
+    """In the child before `make call` starts: Ctrl-C's signal at its default, as a shell leaves it for
+    the command it runs in the foreground. A suite started in the background by a shell without job
+    control (CI, a long run) has SIGINT ignored, and a child inherits that: Ctrl-C would never reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_ctrl_c_mid_call_leaves_nothing_running(checkout: Path) -> None:
     process = await asyncio.create_subprocess_exec(
         *COMMAND,
@@ -113,6 +103,7 @@ async def test_ctrl_c_mid_call_leaves_nothing_running(checkout: Path) -> None:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=as_a_terminal_starts_it,
     )
     assert process.stdin is not None and process.stdout is not None
     ports: list[int] = []

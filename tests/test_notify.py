@@ -26,6 +26,7 @@ from app.records.store import RecordsStore
 from app.settings import Settings
 from app.testing.live_server import bound_socket
 from tests.support.calls import sid
+from tests.support.mailbox import Mailbox
 from tests.support.paths import README
 from tests.support.receiver import Receiver
 from tests.support.waiting import until
@@ -355,33 +356,6 @@ async def test_two_replicas_on_one_postgresql_deliver_each_event_once_and_in_ord
 # --- e-mail through a real SMTP server ------------------------------------------------------------
 
 
-class Mailbox:
-    """An aiosmtpd SMTP server in this event loop: keeps every mail it accepts."""
-
-    def __init__(self) -> None:
-        self.mails: list[Any] = []
-        self.arrived = asyncio.Event()
-        self._server: asyncio.Server | None = None
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd's hook
-        from email import message_from_bytes, policy
-
-        self.mails.append((envelope.rcpt_tos, message_from_bytes(envelope.original_content, policy=policy.default)))
-        self.arrived.set()
-        return "250 Message accepted for delivery"
-
-    async def start(self, sock: Any) -> None:
-        from aiosmtpd.smtp import SMTP
-
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: SMTP(self, hostname="mail.test"), sock=sock)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
 async def test_a_message_is_emailed_and_retried_while_the_smtp_server_is_down(
     notify_settings: Callable[..., Settings],
 ) -> None:
@@ -598,6 +572,32 @@ async def test_a_call_that_leaves_a_message_announces_it_and_its_end_signed_to_t
     for request in (left, ended):
         assert request.headers["Content-Type"] == "application/json"
         assert signed_by(request, SECRET) and not signed_by(request, "another-secret")
+
+
+async def test_a_transferred_call_announces_its_end_as_a_transfer(
+    serve, notify_call, fake_elevenlabs, fake_model, twilio_api, receiver: Receiver
+) -> None:
+    from app.testing.fake_openai import Reply
+    from tests.support.phone import phone_call
+
+    line = "Of course, I'll put you through to our sales team now."
+    fake_model.queue(Reply.text(line, tool_calls=[("transfer_call", '{"department": "sales"}')]), Reply(tokens=[]))
+    async with phone_call(serve, notify_call(receiver), fake_elevenlabs, twilio_api) as phone:
+        await records_ready(phone)
+        await phone.client.ask("can I talk to someone in sales?")
+        await phone.speak(0.3)
+        await twilio_api.call_updates.wait(1)
+        await phone.caller.wait_closed()  # Twilio stopped the stream of the redirected call
+        await receiver.wait(lambda r: len(r.delivered()) == 1)  # after the grace for late records
+        sid = phone.caller.call_sid
+        async with phone.svc.records.engine.connect() as conn:
+            recorded = await get_call(conn, sid)
+    (ended,) = receiver.requests
+    assert ended.event["type"] == "call.ended" and signed_by(ended, SECRET)
+    data = ended.event["data"]
+    assert data["call_sid"] == sid and data["ended"] == "transferred" and data["transferred_to"] == "sales"
+    assert recorded is not None and recorded.call.end_reason == "transferred"
+    assert recorded.call.ended_how == "transferred to sales"
 
 
 async def test_a_slow_receiver_never_delays_a_call(serve, notify_call, fake_elevenlabs, fake_model, twilio_api) -> None:

@@ -23,7 +23,9 @@ import pytest
 
 from app import create_app
 from app.testing.live_server import LiveServer
-from tests.servers import free_port, missing, nginx_in_front
+from tests.support.make_call import COMMAND, run
+from tests.support.paths import ENV_EXAMPLE, KNOWLEDGE
+from tests.support.servers import missing, nginx_in_front
 
 TOKEN = "metrics-token-for-tests"
 ASK_FROM_OUTSIDE = """
@@ -95,9 +97,9 @@ async def ask_from(namespace: str, base: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def unready(make_settings: Any) -> Any:
+def unready(make_settings: Any, refused: str) -> Any:
     """A server that is not ready because its Redis is not there: its reason names a host and port."""
-    return make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", metrics_token=TOKEN)
+    return make_settings(redis_url=f"redis://{refused}/0", metrics_token=TOKEN)
 
 
 async def not_ready(server: LiveServer, url: str) -> dict[str, Any]:
@@ -361,11 +363,9 @@ def test_a_value_with_a_newline_stays_on_its_log_line() -> None:
 async def test_a_new_data_dirs_files_are_the_owners_alone(tmp_path: Any, kb_index: Any) -> None:
     """`make call` in a fresh checkout: everything it writes under a DATA_DIR it creates (the records
     file, its WAL, call.log, the exported model) is 0600, every directory 0700."""
-    from tests.test_make_call import COMMAND, KNOWLEDGE, REPO, run
-
     root = tmp_path / "checkout"
     root.mkdir()
-    shutil.copy(REPO / ".env.example", root / ".env.example")
+    shutil.copy(ENV_EXAMPLE, root / ".env.example")
     (root / "knowledge").symlink_to(KNOWLEDGE)
     shutil.copytree(kb_index, root / "index")
     (root / ".env").write_text("DATA_DIR=state\nINDEX_DIR=index\nSHARED_SECRET=s3cret\n")

@@ -12,7 +12,7 @@ from app.brain.sanitise import CALLER_QUOTE_PREFIX
 from app.records.events import TurnDone
 from app.records.held import HeldTurns
 from app.records.redact import CARD, REDACTED, SSN, could_continue, redact, redact_turns
-from tests.redaction_cases import LOOKALIKES, SECRETS, pieces
+from tests.support.redaction_cases import LOOKALIKES, SECRETS, pieces
 
 
 def left_over(turns: tuple[str, ...], secrets: tuple[str, ...]) -> list[str]:

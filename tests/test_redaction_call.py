@@ -16,9 +16,11 @@ import httpx
 
 from app.observability import log_handler
 from app.settings import Settings
+from app.testing.live_server import bound_socket
 from app.testing.phone import CallRecord, LocalSwitchboard, Phone
-from tests.receiver import Receiver, reserved_port
-from tests.test_notify import Mailbox, until
+from tests.support.mailbox import Mailbox
+from tests.support.receiver import Receiver
+from tests.support.waiting import until
 
 # What the caller says, turn by turn; a card number is the name given for the message.
 SCRIPT = [
@@ -60,7 +62,7 @@ async def test_the_issues_table_said_on_a_call_leaves_no_secret_anywhere(
 ) -> None:
     data_dir = tmp_path / "data"
     shutil.copytree(shared_data_dir / "models", data_dir / "models")
-    sock = reserved_port()
+    sock = bound_socket()
     mailbox = Mailbox()
     await mailbox.start(sock)
     receiver = await Receiver().start()

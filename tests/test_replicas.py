@@ -101,15 +101,18 @@ def pin(n: int) -> dict[str, str]:
 
 @asynccontextmanager
 async def call(
-    front: Cluster, fake: Any, *, webhook: int, stream: int, brain: int, index: int = 0
+    front: Cluster, fake: Any, *, webhook: int, stream: int, brain: int, index: int = 0, api: Any = None
 ) -> AsyncIterator[tuple[TwilioCaller, FakeConversation, SpeechEngineClient]]:
-    async with TwilioCaller(front.url, PUBLIC_URL, TWILIO_TOKEN, realtime=True) as caller:
+    """A call whose webhook, stream and brain reach the replicas named. The `index`-th conversation
+    is the call's: opened when the webhook arrived, or, when the stream reached another replica,
+    the one that replica opened (the next one; the webhook's is closed unused)."""
+    async with TwilioCaller(front.url, PUBLIC_URL, TWILIO_TOKEN, realtime=True, api=api) as caller:
         hook = await caller.dial(headers=pin(webhook))
         assert hook.verbs == ["Connect"], hook.body
         await caller.open_stream(headers=pin(stream))
         await caller.connected()
         await caller.start()
-        conv = await fake.conversation(index)
+        conv = await fake.conversation(index if webhook == stream else index + 1)
         headers = {"x-call-sid": caller.call_sid, **pin(brain)}
         async with await SpeechEngineClient.open(
             f"{front.ws_url}/ws", api_key=API_KEY, shared_secret=SECRET, headers=headers
@@ -145,14 +148,14 @@ async def test_a_transfer_asked_by_the_brain_on_one_replica_happens_once_where_t
     line = "Of course, I'll put you through to our sales team now."
     fake_model.queue(Reply.text(line, tool_calls=[("transfer_call", '{"department": "sales"}')]), Reply(tokens=[]))
     async with cluster(replica_env, tmp_path) as front:
-        async with call(front, fake_elevenlabs, webhook=0, stream=1, brain=0) as (caller, conv, client):
+        async with call(front, fake_elevenlabs, webhook=0, stream=1, brain=0, api=twilio_api) as (caller, conv, client):
             twilio_api.call_updates = CallUpdates(caller)
             assert await holder_of(replica_env, caller.call_sid) == await asyncio.to_thread(front.replica_id, 1)
             answer = await client.ask("can I talk to a real person about buying a plan?")
             assert answer.text == line
             audio = await speak(conv, 0.4, event_id=1)
             await twilio_api.call_updates.wait(1, timeout=20)
-            await caller.hang_up()
+            await caller.wait_closed()  # the redirect ended the stream, as Twilio does
     # Both replicas have stopped, each once its actions under way were done: any second redirect
     # would have been made by now.
     ((sid, form),) = twilio_api.call_updates
@@ -171,7 +174,7 @@ async def test_keypad_zero_on_the_stream_replica_transfers_a_call_whose_brain_is
         Reply.text("You're already being put through."),
     )
     async with cluster(replica_env, tmp_path) as front:
-        async with call(front, fake_elevenlabs, webhook=1, stream=1, brain=0) as (caller, _conv, client):
+        async with call(front, fake_elevenlabs, webhook=1, stream=1, brain=0, api=twilio_api) as (caller, _, client):
             twilio_api.call_updates = CallUpdates(caller)
             # The brain, on the other replica, has found the call: a transfer is offered to the model.
             await client.ask("hello, I have a question")
@@ -181,7 +184,7 @@ async def test_keypad_zero_on_the_stream_replica_transfers_a_call_whose_brain_is
             # The brain is then asked for a transfer too: the shared claim refuses it, the keypad's
             # transfer having used the call's one.
             await client.ask("put me through to support")
-            await caller.hang_up()
+            await caller.wait_closed()  # the redirect ended the stream, as Twilio does
     # The brain was refused (below), and both replicas have stopped: one redirect, the keypad's.
     ((sid, form),) = twilio_api.call_updates
     assert sid == caller.call_sid and dialled(form)[1] == [TARGETS["sales"]]
@@ -250,16 +253,16 @@ async def test_when_drain_seconds_run_out_the_caller_hears_a_goodbye_before_the_
     server = AppProcess(env, tmp_path)
     await server.start()
     try:
-        async with TwilioCaller(server.url, PUBLIC_URL, TWILIO_TOKEN, realtime=True) as caller:
+        async with TwilioCaller(server.url, PUBLIC_URL, TWILIO_TOKEN, realtime=True, api=twilio_api) as caller:
             twilio_api.call_updates = CallUpdates(caller)
             await caller.call(0.2)
             await fake_elevenlabs.conversation()
             server.signal(signal.SIGTERM)
             if rest:
-                await twilio_api.call_updates.wait(1, timeout=20)  # Twilio then plays it and stops the stream
+                await twilio_api.call_updates.wait(1, timeout=20)
+                await caller.wait_closed(20)  # Twilio stops the stream, then plays the goodbye
                 ((_, form),) = twilio_api.call_updates
                 goodbye = form["Twiml"]
-                await caller.hang_up()
             else:
                 assert await caller.wait_closed(20) == 1000
                 goodbye = (await caller.connect_action()).body

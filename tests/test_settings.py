@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,29 @@ def test_the_cascade_timeout_is_one_the_speech_engine_accepts() -> None:
     for wrong in (1.5, 16):
         with pytest.raises(ValidationError, match="cascade_timeout_seconds"):
             Settings(_env_file=None, cascade_timeout_seconds=wrong)
+
+
+def test_start_up_refuses_a_public_url_twilio_cannot_stream_to_in_one_line(tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if name.lower() not in Settings.model_fields}
+    started = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=tmp_path, env={**env, "PUBLIC_URL": "http://switchboard.example"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert started.returncode == 1
+    (line,) = [line for line in started.stderr.splitlines() if "PUBLIC_URL" in line]
+    assert "must be https" in line and "wss://" in line
+
+
+@pytest.mark.parametrize(
+    ("local", "remote"),
+    [
+        ("http://localhost:3001", "http://localhost.example.com:3001"),
+        ("http://127.0.0.1:3001", "http://10.0.0.1:3001"),
+        ("http://127.8.0.1", "http://128.0.0.1"),
+        ("http://[::1]:9", "http://[2001:db8::1]:9"),
+    ],
+)
+def test_http_stays_allowed_on_this_machine_alone(local: str, remote: str) -> None:
+    assert Settings(_env_file=None, public_url=local).public_url == local
+    with pytest.raises(ValidationError, match=re.escape(f"PUBLIC_URL {remote} must be https")):
+        Settings(_env_file=None, public_url=remote)

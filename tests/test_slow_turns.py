@@ -22,8 +22,8 @@ from app.brain.holding import HOLD_LINE, holding
 from app.testing.fake_openai import FakeOpenAI, Reply
 from app.testing.phone import CallRecord, LocalSwitchboard, Phone
 from app.testing.speech_engine import SpeechEngineClient
-from tests.conftest import SECRET, TARGETS
-from tests.phone import dialled, messages_of, phone_call, tool_results
+from tests.support.config import SECRET, TARGETS
+from tests.support.phone import dialled, messages_of, phone_call, tool_results
 
 MESSAGE = {"name": "Dana Smith", "callback_number": "(415) 555-0100", "message": "Please call me about my bill."}
 ASK = "can I leave a message for billing? I'm Dana Smith, 415 555 0100, please call me about my bill"

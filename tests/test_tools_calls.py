@@ -49,11 +49,12 @@ async def test_a_caller_asking_for_a_person_hears_the_line_then_is_redirected_on
         ) as stranger:
             await stranger.init("conv_not_a_call")
             await stranger.ask("hello?")
-        await phone.caller.hang_up()  # Twilio stops the stream of a redirected call
-        await phone.caller.wait_closed()
+        await phone.caller.wait_closed()  # Twilio stops the stream of a redirected call
         redirected = phone.counted("switchboard_call_actions_total", action="transfer", outcome="redirected")
+        ended = await phone.svc.telephony.outcomes.get(phone.caller.call_sid)
     (sid, form), *more = twilio_api.call_updates
     assert more == [] and sid == phone.caller.call_sid and redirected == 1
+    assert ended is EndReason.TRANSFERRED
     verbs, numbers, actions = dialled(form)
     assert verbs == ["Dial"] and numbers == [TARGETS["sales"]]
     assert actions == [f"{PUBLIC_URL}/dial-action?department=sales"]
@@ -113,9 +114,10 @@ async def test_dtmf_zero_transfers_to_the_default_department_without_the_model(
     }
     async with phone_call(serve, settings, fake_elevenlabs, twilio_api) as phone:
         await phone.caller.dtmf("0")
+        await phone.caller.dtmf("0")  # pressing again does not transfer twice
         await twilio_api.call_updates.wait(1)
-        await phone.pressed("0", count=2)  # pressing again does not transfer twice
-        await phone.caller.hang_up()
+        await phone.observed.wait(lambda seen: len(seen.digits) >= 2)
+        await phone.caller.wait_closed()  # the redirect ended the stream
         await phone.svc.registry.close()  # the keypad's claims run on the registry's tasks
         refused = phone.counted("switchboard_tool_calls_total", tool="transfer_call", outcome="keypad_refused")
         # Twilio then runs the redirect's <Dial> and calls its action with how the dial went.
@@ -258,7 +260,7 @@ async def test_injection_attempts_never_dial_an_unlisted_number_or_exceed_limits
         third = await phone.client.ask("fine, sales then")
         await phone.speak(0.3, event_id=3)
         await twilio_api.call_updates.wait(1)
-        await phone.caller.hang_up()
+        await phone.caller.wait_closed()  # the redirect ended the stream
         expected = {
             ("transfer_call", "invalid_arguments"): 2,
             ("unknown", "unknown_tool"): 1,

@@ -23,16 +23,15 @@ from elevenlabs.speech_engine.types import ConversationMessage
 from quart import Blueprint, websocket
 
 from app.brain.turn import TurnRecord
-from app.configure import CALL_SID_HEADER
 from app.observability import conversation_id_var, event_id_var
 from app.services import Services, services
 from app.settings import Settings
+from app.speech_engine_contract import BRAIN_PATH, CALL_SID_HEADER, SECRET_HEADER
 
 log = logging.getLogger("switchboard.brain")
 brain = Blueprint("brain", __name__)
 
 JWT_HEADER = "X-Elevenlabs-Speech-Engine-Authorization"
-SECRET_HEADER = "x-api-key"
 # A stalled ElevenLabs socket must not hold a turn (or the process) forever.
 SEND_TIMEOUT_S = 5.0
 
@@ -75,7 +74,7 @@ class QuartSocket:
         await self._ws.close(1000)
 
 
-@brain.websocket("/ws")
+@brain.websocket(BRAIN_PATH)
 async def brain_ws() -> Any:
     svc = services()
     reason = rejection(websocket.headers, svc.settings)

@@ -24,6 +24,7 @@ PROGRESS_HISTORY = 64
 
 class EndReason(enum.StrEnum):
     CALLER_HUNG_UP = "caller_hung_up"  # Twilio sent stop
+    TRANSFERRED = "transferred"  # a REST redirect put the caller through to a colleague (Twilio sent stop)
     AGENT_ENDED = "agent_ended"  # ElevenLabs closed the conversation normally
     REQUESTED = "requested"  # CallControl.end(): the agent said goodbye, or a tool ended the stream
     MAX_DURATION = "max_duration"  # MAX_CALL_SECONDS reached
@@ -43,8 +44,23 @@ class EndReason(enum.StrEnum):
 
 
 _NORMAL = frozenset(
-    {EndReason.CALLER_HUNG_UP, EndReason.AGENT_ENDED, EndReason.REQUESTED, EndReason.MAX_DURATION, EndReason.DRAINED}
+    {
+        EndReason.CALLER_HUNG_UP,
+        EndReason.TRANSFERRED,
+        EndReason.AGENT_ENDED,
+        EndReason.REQUESTED,
+        EndReason.MAX_DURATION,
+        EndReason.DRAINED,
+    }
 )
+
+
+class CallEnded(Exception):
+    """Raised by a leg of the bridge to end its call: the call's other tasks are cancelled."""
+
+    def __init__(self, reason: EndReason) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class CallObserver(Protocol):
@@ -74,6 +90,7 @@ class CallControl:
         self.conversation_id: str | None = None
         self.greeting: str | None = None  # what the agent said first, if anything
         self.end_reason: EndReason | None = None
+        self.stop_reason = EndReason.CALLER_HUNG_UP  # what Twilio's `stop` means (see `redirecting`)
         self.ended = asyncio.Event()
         self._send_mark = send_mark
         self._flush_ids = itertools.count(1)
@@ -146,6 +163,12 @@ class CallControl:
         if not self._end_requested.is_set():
             self._requested_reason = reason
             self._end_requested.set()
+
+    def redirecting(self, reason: EndReason | None) -> None:
+        """A REST update is taking the call off its stream for `reason` (None: Twilio refused it).
+        Twilio ends the stream with `stop` when it applies one, and that `stop` is then not the
+        caller hanging up. Said before the request: the `stop` may arrive before Twilio's answer."""
+        self.stop_reason = reason or EndReason.CALLER_HUNG_UP
 
     # --- for the bridge -------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ class CallTransferred:
 @dataclass(frozen=True, slots=True)
 class CallEnded:
     call_sid: str
-    reason: str  # caller_hung_up, agent_ended, max_duration, fallback
+    reason: str  # caller_hung_up, transferred, agent_ended, max_duration, drained, fallback
     detail: str  # the bridge's own reason
     at: datetime
     duration_s: float

@@ -36,6 +36,7 @@ def mask_phone(number: str | None) -> str:
 
 _HOW = {
     "caller_hung_up": "caller hung up",
+    "transferred": "transferred to a colleague",
     "agent_ended": "agent ended the call",
     "max_duration": "reached the maximum call length",
     "fallback": "fallback (the agent could not continue)",

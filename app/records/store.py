@@ -35,6 +35,8 @@ def end_reason(reason: EndReason) -> str:
     """How a call ended, as the records say it: the bridge's failures are all the fallback path."""
     if reason is EndReason.CALLER_HUNG_UP:
         return "caller_hung_up"
+    if reason is EndReason.TRANSFERRED:
+        return "transferred"
     if reason in (EndReason.AGENT_ENDED, EndReason.REQUESTED):
         return "agent_ended"
     if reason is EndReason.MAX_DURATION:

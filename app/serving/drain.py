@@ -77,7 +77,7 @@ class Drain:
         if control is None:
             return
         twiml = drained_twiml(svc.settings)
-        if not (svc.call_actions.rest and await svc.call_actions.redirect(call_sid, twiml, "drain")):
+        if not (svc.call_actions.rest and await svc.call_actions.redirect(call_sid, twiml, "drain", EndReason.DRAINED)):
             control.end(EndReason.DRAINED)  # the Connect action says the goodbye instead
 
     async def close(self) -> None:

@@ -1,8 +1,9 @@
 """Acting on a live call through Twilio's REST API: redirect it to `<Dial>` a configured number.
 
-Redirecting a call abandons its `<Connect><Stream>` (Twilio stops the stream) and runs the new
-TwiML. The `<Dial action>` route then decides what happens after the dial: hang up when the
-colleague answered, otherwise FALLBACK_NUMBER semantics (try it once, or apologise and hang up).
+Redirecting a call abandons its `<Connect><Stream>` (Twilio sends `stop` and closes the stream) and
+runs the new TwiML; the stream, when this process holds it, is told first why it will stop. The
+`<Dial action>` route then decides what happens after the dial: hang up when the colleague
+answered, otherwise FALLBACK_NUMBER semantics (try it once, or apologise and hang up).
 The numbers only ever come from settings; nothing a caller or the model says reaches this module.
 """
 
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.twiml.voice_response import VoiceResponse
 
+from app.calls.control import CallControl, EndReason
 from app.observability import Metrics, mask_digits
 from app.settings import Settings
 from app.telephony.signatures import public_url
@@ -80,9 +83,16 @@ def drained_twiml(settings: Settings) -> VoiceResponse:
 class CallActions:
     """Twilio REST actions, with one async HTTP client opened before serving and closed after."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, timeout: float = REST_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        calls: Mapping[str, CallControl] | None = None,
+        timeout: float = REST_TIMEOUT_S,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.calls: Mapping[str, CallControl] = calls if calls is not None else {}  # the streams held here
         self.timeout = timeout
         self._http: AsyncTwilioHttpClient | None = None
 
@@ -104,16 +114,22 @@ class CallActions:
             await self._http.close()
             self._http = None
 
-    async def redirect(self, call_sid: str, twiml: VoiceResponse, what: str) -> bool:
-        """Replace what the live call is doing with `twiml` (Twilio stops its stream). True when accepted."""
+    async def redirect(self, call_sid: str, twiml: VoiceResponse, what: str, ending: EndReason) -> bool:
+        """Replace what the live call is doing with `twiml`; its stream then ends as `ending`. True
+        when Twilio accepted it."""
         if self._http is None:
             self.metrics.call_actions.labels(what, "unavailable").inc()
             return False
         client = rest_client(self.settings, self._http)
+        stream = self.calls.get(call_sid)
+        if stream is not None:
+            stream.redirecting(ending)
         try:
             async with asyncio.timeout(self.timeout):
                 await client.calls(call_sid).update_async(twiml=str(twiml))
         except Exception as exc:
+            if stream is not None:
+                stream.redirecting(None)
             status = getattr(exc, "status", None)
             self.metrics.call_actions.labels(what, "failed").inc()
             log.error(
@@ -129,7 +145,8 @@ class CallActions:
         if not self.transfers or department not in self.settings.transfer_targets:
             self.metrics.call_actions.labels("transfer", "unavailable").inc()
             return False
-        if not await self.redirect(call_sid, transfer_twiml(self.settings, department, say), "transfer"):
+        twiml = transfer_twiml(self.settings, department, say)
+        if not await self.redirect(call_sid, twiml, "transfer", EndReason.TRANSFERRED):
             return False
         number = self.settings.transfer_targets[department]
         log.info("call redirected to %s (%s)", department, mask_digits(number), extra={"call_sid": call_sid})

@@ -45,6 +45,23 @@ def stream_url(settings: Settings, path: str) -> str:
     return public_url(settings, path, scheme=scheme)
 
 
+def stream_signed_urls(settings: Settings, path: str, query: bytes = b"") -> list[str]:
+    """Every URL Twilio may have signed for a media-stream upgrade (which one is not documented): the
+    stream URL as written in the TwiML and its https form, each with and without the default port."""
+    assert settings.public_url is not None
+    parts = urlsplit(settings.public_url)
+    secure = parts.scheme == "https"
+    default = 443 if secure else 80
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    netlocs = [parts.netloc] if parts.port not in (None, default) else [host, f"{host}:{default}"]
+    suffix = f"{path}?{query.decode('latin-1')}" if query else path
+    return [
+        f"{scheme}://{netloc}{suffix}"
+        for scheme in (("wss", "https") if secure else ("ws", "http"))
+        for netloc in netlocs
+    ]
+
+
 def _validators(settings: Settings, headers: Mapping[str, str]) -> tuple[list[RequestValidator], str]:
     algorithm = get_signature_algorithm(headers.get(SIGNATURE_SETTINGS_HEADER))
     keys = [settings.secret("twilio_auth_token")]

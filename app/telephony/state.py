@@ -1,5 +1,6 @@
 """The Twilio side's state: admission slots, how each stream ended, the ElevenLabs client for
-signed URLs, the bridge's limits, and the observers told about every call.
+signed URLs, the conversations opened early, the bridge's limits, and the observers told about
+every call.
 
 Opened in `before_serving` and closed in `after_serving` through `Services`, which swaps in the
 shared (Redis) admission and outcomes when REDIS_URL is set.
@@ -23,6 +24,7 @@ from app.calls.control import CallControl, CallObserver
 from app.calls.outcomes import Outcomes, StreamOutcomes
 from app.observability import Metrics
 from app.settings import Settings
+from app.telephony.elevenlabs_leg import EarlyStarts
 
 log = logging.getLogger("switchboard.telephony")
 
@@ -58,7 +60,8 @@ class BridgeLimits:
     """Every wait in the bridge is bounded; tests shorten these."""
 
     start_timeout: float = 10.0  # accepted upgrade → Twilio `start`
-    ready_timeout: float = 8.0  # `start` → signed URL, socket open, conversation metadata
+    ready_timeout: float = 8.0  # opening a conversation: signed URL, socket open, conversation metadata
+    early_unclaimed: float = 5.0  # a conversation opened early that no stream has taken this long after is closed
     send_timeout: float = 2.0  # any one send to either peer
     close_timeout: float = 2.0  # closing the ElevenLabs socket
     observer_timeout: float = 1.0  # each observer callback
@@ -75,6 +78,7 @@ class Telephony:
         self.outcomes: Outcomes = StreamOutcomes()
         self.observers: list[CallObserver] = []
         self.calls: dict[str, CallControl] = {}  # the streams this process holds, by call SID
+        self.early = EarlyStarts(self)
         self.elevenlabs: AsyncElevenLabs | None = None
         self._http: httpx.AsyncClient | None = None
         # Conversation sockets to ElevenLabs: aiohttp's WebSocket client costs about half as much CPU
@@ -140,6 +144,7 @@ class Telephony:
             await asyncio.sleep(pause)
 
     async def stop(self) -> None:
+        await self.early.close()
         if self._greeting_check is not None:
             self._greeting_check.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -160,6 +160,8 @@ async def incoming_call() -> Response | tuple[str, int]:
         return _twiml(busy_twiml(settings))
     key = call_token.derive_key(settings.secret("twilio_auth_token") or "")
     token = call_token.issue(key, call_sid, caller, time.time())
+    # ElevenLabs' side is set up while Twilio opens the media stream (covered by the slot just reserved).
+    telephony.early.begin(call_sid, caller)
     log.info("incoming call", extra=log_extra)
     return _twiml(connect_twiml(settings, caller, token))
 

@@ -11,9 +11,12 @@
   close), echoes caller audio back as agent audio (`echo=True`), or hands the conversation to
   `on_conversation` (the whole engine, in `fake_engine`).
 
+`delay` puts a one-way network delay on every message and response, both ways (benchmarks).
+
 Faults: `refuse_signed_url` (an HTTP status), `refuse_socket`, `stall` (never send metadata), formats
-other than ulaw_8000, malformed frames and closing mid-call through the conversation handle, and
-`patch_ignores` (fields a PATCH of the engine silently leaves as they were).
+other than ulaw_8000, malformed frames, error events (alone, or before a close) and closing mid-call
+through the conversation handle, and `patch_ignores` (fields a PATCH of the engine silently leaves
+as they were).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from app.testing.latency import Outbox, arrivals
 from app.testing.live_server import LiveServer
 from app.testing.twilio_caller import FRAME_BYTES, ulaw_frames
 
@@ -79,17 +83,27 @@ class FakeConversation:
     initiation: dict[str, Any] | None = None
     history: list[dict[str, str]] = field(default_factory=list)  # what was said, as the brain gets it
     user_audio: list[str] = field(default_factory=list)
+    agent_audio: list[str] = field(default_factory=list)  # what the agent said, as sent
     pongs: list[Any] = field(default_factory=list)
     other: list[Any] = field(default_factory=list)
     closed: bool = False
+    outbox: Outbox[str] | None = None  # what is sent, on its way (with a network delay)
     _event_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _updates: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def send(self, message: dict[str, Any] | str) -> None:
-        await self.ws.send(message if isinstance(message, str) else json.dumps(message))
+        text = message if isinstance(message, str) else json.dumps(message)
+        if self.outbox is not None:
+            self.outbox.put(text)
+        else:
+            await self.ws.send(text)
 
     async def audio(self, payload: str, event_id: int) -> None:
         await self.send({"type": "audio", "audio_event": {"audio_base_64": payload, "event_id": event_id}})
+        if self.record:
+            self.agent_audio.append(payload)
+            async with self._updates:
+                self._updates.notify_all()
 
     async def interruption(self, event_id: int) -> None:
         await self.send({"type": "interruption", "interruption_event": {"event_id": event_id}})
@@ -108,7 +122,14 @@ class FakeConversation:
         )
 
     async def error(self, message: str = "boom", code: int = 1011, error_type: str = "internal") -> None:
+        """An error event. ElevenLabs sends one on its own (the conversation goes on), or just before
+        it closes the socket (`fail`)."""
         await self.send({"type": "error", "error_event": {"code": code, "message": message, "error_type": error_type}})
+
+    async def fail(self, message: str = "boom", code: int = 1011) -> None:
+        """The conversation cannot go on: an error event, then the socket closes with `code`."""
+        await self.error(message, code)
+        await self.close(code, message)
 
     async def speak(self, text: str, event_id: int) -> None:
         """The agent says `text`: its audio (the stand-in's voice), then the agent_response event."""
@@ -120,6 +141,8 @@ class FakeConversation:
         return next(self._event_ids)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.outbox is not None:
+            await self.outbox.aclose()
         await self.ws.close(code, reason)
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -161,8 +184,10 @@ class FakeElevenLabs:
         echo: bool = False,
         record: bool = True,
         engine: dict[str, Any] | None = None,
+        delay: float = 0.0,
     ) -> None:
         self.api_key = api_key
+        self.delay = delay
         self.engine_id = engine_id
         self.input_format = input_format
         self.output_format = output_format
@@ -201,7 +226,13 @@ class FakeElevenLabs:
 
     async def __aenter__(self) -> FakeElevenLabs:
         self._ws_server = await serve(
-            self._conversation, "127.0.0.1", 0, process_request=self._check_upgrade, compression=None, max_size=2**20
+            self._conversation,
+            "127.0.0.1",
+            0,
+            process_request=self._check_upgrade,
+            process_response=self._answer_upgrade,
+            compression=None,
+            max_size=2**20,
         )
         self._rest = LiveServer(self._rest_app())
         await self._rest.__aenter__()
@@ -232,6 +263,15 @@ class FakeElevenLabs:
 
         def authorised() -> bool:
             return hmac.compare_digest(request.headers.get("xi-api-key", ""), self.api_key)
+
+        @app.before_request
+        async def request_on_its_way() -> None:
+            await asyncio.sleep(self.delay)
+
+        @app.after_request
+        async def answer_on_its_way(response: Any) -> Any:
+            await asyncio.sleep(self.delay)
+            return response
 
         @app.get("/healthz")
         async def healthz() -> tuple[str, int]:
@@ -274,7 +314,8 @@ class FakeElevenLabs:
 
     # --- the conversation socket ----------------------------------------------------------------
 
-    def _check_upgrade(self, connection: ServerConnection, req: Request) -> Response | None:
+    async def _check_upgrade(self, connection: ServerConnection, req: Request) -> Response | None:
+        await asyncio.sleep(self.delay)  # the upgrade request on its way
         self.socket_attempts += 1
         parts = urlsplit(req.path)
         query = parse_qs(parts.query)
@@ -283,6 +324,9 @@ class FakeElevenLabs:
             return connection.respond(HTTPStatus.FORBIDDEN, "forbidden\n")
         self._signatures.discard(signature)
         return None
+
+    async def _answer_upgrade(self, connection: ServerConnection, req: Request, response: Response) -> None:
+        await asyncio.sleep(self.delay)  # the answer on its way back
 
     async def _conversation(self, ws: ServerConnection) -> None:
         conv = FakeConversation(
@@ -294,9 +338,12 @@ class FakeElevenLabs:
             self._new_conversation.notify_all()
         stall = conv.stalled
         played: asyncio.Task[None] | None = None
+        received = arrivals(ws, self.delay) if self.delay else None
+        if self.delay:
+            conv.outbox = Outbox(ws.send, self.delay, f"{conv.conversation_id}-outbox")
         try:
             if not stall:
-                first = json.loads(await ws.recv())
+                first = json.loads(await anext(received) if received is not None else await ws.recv())
                 if first.get("type") == "conversation_initiation_client_data":
                     conv.initiation = first
                 async with conv._updates:
@@ -304,7 +351,7 @@ class FakeElevenLabs:
                 greeting = first_message(conv.initiation)
                 if greeting and (self.engine.get("overrides") or {}).get("first_message") is not True:
                     await conv.error(OVERRIDE_REFUSED, code=1008, error_type="policy_violation")
-                    await ws.close(1008, OVERRIDE_REFUSED)
+                    await conv.close(1008, OVERRIDE_REFUSED)
                     return
                 if self.metadata_gate is not None:
                     await self.metadata_gate.wait()
@@ -323,12 +370,16 @@ class FakeElevenLabs:
                     await conv.speak(greeting, conv.next_event_id())
                 if self.on_conversation is not None:
                     played = asyncio.create_task(self.on_conversation(conv), name=f"{conv.conversation_id}-engine")
-            async for raw in ws:
+            async for raw in received or ws:
                 if not stall:
                     await conv._received(raw)
-        except ConnectionClosed:
+        except (ConnectionClosed, StopAsyncIteration):
             pass
         finally:
+            if received is not None:
+                await received.aclose()
+            if conv.outbox is not None:
+                await conv.outbox.aclose()
             conv.closed = True
             async with conv._updates:
                 conv._updates.notify_all()

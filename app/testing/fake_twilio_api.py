@@ -1,6 +1,10 @@
 """A stand-in for Twilio's REST API: the IncomingPhoneNumbers `make configure` reads and updates, and
 call updates (redirects, hang-ups), recorded for tests. The twilio client reaches it through
 `TWILIO_API_BASE_URL`. Basic auth with the account SID and auth token, as Twilio checks it.
+
+Like Twilio, an update of a call whose media stream is open (a `TwilioCaller` given this API) ends
+that stream: the new TwiML replaces the `<Connect><Stream>`, so Twilio sends `stop` and closes the
+socket. That happens before the REST answer goes back, the order that tests the product hardest.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quart import Quart, request
 
 from app.testing.live_server import LiveServer
+
+if TYPE_CHECKING:
+    from app.testing.twilio_caller import TwilioCaller
 
 _FIELDS = {
     "VoiceUrl": "voice_url",
@@ -55,6 +62,7 @@ class FakeTwilioApi:
         self.refusing: TwilioError | None = None
         self.refused_updates: list[tuple[str, dict[str, str]]] = []
         self.on_call_update: Callable[[str, dict[str, str]], None] | None = None
+        self.streams: dict[str, TwilioCaller] = {}  # calls' media streams, by call SID (see TwilioCaller)
         self._server: LiveServer | None = None
 
     def add_number(self, number: str, **fields: Any) -> dict[str, Any]:
@@ -145,6 +153,9 @@ class FakeTwilioApi:
             self.call_updates.append((sid, form))
             if self.on_call_update is not None:
                 self.on_call_update(sid, form)
+            stream = self.streams.get(sid)
+            if stream is not None and stream.streaming:
+                await stream.hang_up()  # the call leaves its <Connect><Stream>
             return {"sid": sid, "account_sid": account, "status": form.get("Status", "in-progress")}, 200
 
         return app

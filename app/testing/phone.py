@@ -161,6 +161,7 @@ class Phone:
             account_sid=board.account_sid,
             realtime=realtime,
             on_media=self._audio_arrived,
+            api=board.twilio,
         )
         self.happenings: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.after_stream: Webhook | None = None  # the TwiML Twilio got once the server ended the stream
@@ -282,10 +283,9 @@ class Phone:
 
     async def _call_over(self, kind: str, value: Any) -> bool:
         """Play Twilio's part when the call leaves the stream; True if it did."""
-        if kind == "redirect":  # a transfer: Twilio stops the stream and runs the new TwiML
+        if kind == "redirect":  # a transfer: Twilio stops the stream (the stand-in does) and runs the new TwiML
             self.record.transfer = _dial(value.get("Twiml", ""))
             self.record.ended_by = "transfer"
-            await self.caller.hang_up()
             return True
         if kind == "closed" and not self.ended:  # the server closed the stream: Twilio asks what next
             self.record.ended_by = "agent"

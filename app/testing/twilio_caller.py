@@ -7,7 +7,9 @@ connected, start (with the TwiML's parameters), real 20 ms μ-law frames, dtmf, 
 
 Like Twilio it plays agent audio in order and echoes each mark once the audio before it has played;
 `realtime=True` plays at 8000 bytes a second, otherwise instantly. `clear` empties the queue and
-echoes the marks that were waiting in it.
+echoes the marks that were waiting in it. Given the REST API stand-in (`api`), its stream ends as
+Twilio ends it when the call is updated through REST (a redirect or a hang-up): `stop`, then close.
+`delay` puts a one-way network delay on the leg to the server, both ways (benchmarks).
 
 `make call` (`app.testing.phone`) uses it to place a whole call.
 """
@@ -25,13 +27,18 @@ import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from app.testing.latency import Outbox, arrivals
+
+if TYPE_CHECKING:
+    from app.testing.fake_twilio_api import FakeTwilioApi
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
 
@@ -103,6 +110,8 @@ class TwilioCaller:
         realtime: bool = False,
         on_media: Callable[[str], None] | None = None,
         record: bool = True,
+        api: FakeTwilioApi | None = None,
+        delay: float = 0.0,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.public_url = public_url.rstrip("/")
@@ -115,6 +124,9 @@ class TwilioCaller:
         self.realtime = realtime
         self.on_media = on_media
         self.record = record
+        self.api = api
+        self.delay = delay
+        self._outbox: Outbox[str | bytes] | None = None
         self.webhook: Webhook | None = None
         self.ws: ClientConnection | None = None
         # What came back, in order: ("media", payload) / ("mark", name) / ("clear", "") / other JSON.
@@ -130,6 +142,7 @@ class TwilioCaller:
         self._queued = asyncio.Event()
         self._updates = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
 
     # --- the webhook ------------------------------------------------------------------------
 
@@ -174,7 +187,9 @@ class TwilioCaller:
         if not signature:
             del sent["X-Twilio-Signature"]
         async with httpx.AsyncClient(timeout=10) as client:
+            await asyncio.sleep(self.delay)  # the request on its way
             response = await client.post(self._local(public), data=form, headers=sent)
+            await asyncio.sleep(self.delay)  # the answer on its way back
         return Webhook.parse(response.status_code, response.text)
 
     async def dial(self, path: str = "/incoming-call", **kw: Any) -> Webhook:
@@ -210,7 +225,13 @@ class TwilioCaller:
         headers = dict(headers or {})
         if sign:
             headers["X-Twilio-Signature"] = signature or self.validator.compute_signature(url, {})
+        await asyncio.sleep(self.delay)
         self.ws = await connect(self._local(url), additional_headers=headers, compression=None, open_timeout=10)
+        await asyncio.sleep(self.delay)
+        if self.delay:
+            self._outbox = Outbox(self.ws.send, self.delay, f"twilio-caller-outbox-{self.call_sid}")
+        if self.api is not None:
+            self.api.streams[self.call_sid] = self
         self._tasks = [
             asyncio.create_task(self._read(), name=f"twilio-caller-reader-{self.call_sid}"),
             asyncio.create_task(self._play(), name=f"twilio-caller-player-{self.call_sid}"),
@@ -221,7 +242,10 @@ class TwilioCaller:
 
     async def send_raw(self, data: str | bytes) -> None:
         assert self.ws is not None
-        await self.ws.send(data)
+        if self._outbox is not None:
+            self._outbox.put(data)
+        else:
+            await self.ws.send(data)
 
     async def connected(self) -> None:
         await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
@@ -277,7 +301,7 @@ class TwilioCaller:
     async def _read(self) -> None:
         assert self.ws is not None
         try:
-            async for raw in self.ws:
+            async for raw in arrivals(self.ws, self.delay) if self.delay else self.ws:
                 message = json.loads(raw)
                 event = message.get("event")
                 if event == "media":
@@ -342,13 +366,23 @@ class TwilioCaller:
             await self.closed.wait()
         return self.close_code
 
+    @property
+    def streaming(self) -> bool:
+        """The media stream is open (Twilio has not ended it, nor has the server closed it)."""
+        return self.ws is not None and not self.closed.is_set() and not self._stopped
+
     async def hang_up(self) -> None:
-        """Twilio's end of a call: stop, then the socket closes."""
-        await self.stop()
+        """Twilio's end of a stream (the caller hung up, or a REST update moved the call on): stop,
+        then the socket closes. Nothing to do for a stream that has already ended."""
+        if self.streaming:
+            self._stopped = True
+            await self.stop()
         await self.aclose()
 
     async def aclose(self) -> None:
         """Close the socket (without a stop, if none was sent: an abrupt drop) and the tasks."""
+        if self._outbox is not None:
+            await self._outbox.aclose()
         if self.ws is not None:
             await self.ws.close()
         for task in self._tasks:

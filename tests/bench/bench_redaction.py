@@ -12,7 +12,7 @@ import statistics
 import time
 
 from app.records.redact import redact_turns
-from tests.redaction_cases import LOOKALIKES, SECRETS
+from tests.support.redaction_cases import LOOKALIKES, SECRETS
 
 ANSWER = (
     "Customers who pay by autopay get five dollars off every monthly bill. The discount starts on the first "

@@ -19,9 +19,9 @@ from typing import Any
 
 from app.calls.control import CallControl
 from app.calls.registry import ActionTimings
-from app.configure import CALL_SID_HEADER
 from app.records.store import open_for_reading
 from app.settings import Settings
+from app.speech_engine_contract import CALL_SID_HEADER
 from app.telephony.state import BridgeLimits
 from app.testing.fake_elevenlabs import FakeConversation, FakeElevenLabs
 from app.testing.fake_openai import FakeOpenAI
@@ -95,6 +95,10 @@ class Phone:
     async def hung_up(self) -> None:
         """The caller hangs up, and the app has been told the call ended."""
         await self.caller.hang_up()
+        await self.ended()
+
+    async def ended(self) -> None:
+        """The app has been told the call's stream ended (a hang-up, or Twilio leaving it for a transfer)."""
         await self.observed.wait(lambda seen: self.caller.call_sid in seen.ended)
 
 
@@ -109,7 +113,7 @@ async def phone_call(
         svc.registry.timings = FAST_ACTIONS
         observed = Observed()
         svc.telephony.observers.append(observed)
-        async with TwilioCaller(server.http_url, PUBLIC_URL, TWILIO_TOKEN, realtime=True) as caller:
+        async with TwilioCaller(server.http_url, PUBLIC_URL, TWILIO_TOKEN, realtime=True, api=api) as caller:
             api.call_updates = CallUpdates(caller)
             await caller.dial()
             await caller.open_stream()
