@@ -51,7 +51,7 @@ class AbstentionModel:
     def contributions(self, signals: Signals) -> dict[str, float]:
         """Each signal's push towards abstaining (positive) or answering (negative), in log-odds."""
         return {
-            name: self.weights[name] * (value - self.centre[name])
+            name: self.weights[name] * (value - self.centre[name]) + 0.0  # + 0.0: a weight of 0 pushes 0, not -0
             for name, value in zip(SIGNALS, signals.values(), strict=True)
         }
 
