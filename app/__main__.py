@@ -1,5 +1,5 @@
 """`python -m app`: serve Switchboard with Hypercorn on PORT; `calls`, `gaps`, `messages`: read the records;
-`notify test`: try the webhooks and e-mail."""
+`notify test`: try the webhooks and e-mail; `test-calls`: run call scenarios against local stand-ins."""
 
 from __future__ import annotations
 
@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON array, for machines")
     notify = commands.add_parser("notify", help="`notify test`: a signed ping to every webhook, a test e-mail")
     notify.add_argument("action", choices=["test"])
+    commands.add_parser(
+        "test-calls", add_help=False, help="run call scenarios (calls/*.yaml); `test-calls --help` for more"
+    )
     return parser
 
 
@@ -77,8 +80,13 @@ def _read(command: str, args: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    args = _parser().parse_args()
     owner_only()  # records, logs, models and the index under DATA_DIR
+    if sys.argv[1:2] == ["test-calls"]:
+        # The scenario runner drives the stand-ins of app.testing: imported for this command alone.
+        from app.testing.scenarios.cli import main as test_calls
+
+        sys.exit(test_calls(sys.argv[2:]))
+    args = _parser().parse_args()
     if args.command in ("calls", "gaps", "messages"):
         sys.exit(_read(args.command, args))
     if args.command == "notify":

@@ -16,6 +16,7 @@ from app.brain.tools import Toolbox
 from app.brain.turn import TurnPipeline
 from app.calls.registry import InProcessCallRegistry
 from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState
+from app.clock import CallClock
 from app.knowledge.embedding import query_encoder_for
 from app.knowledge.retrieval import Retriever
 from app.notify.delivery import Delivery, notify_status
@@ -33,6 +34,7 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.clock = CallClock()
         self.llm: LLM | None = None
         self.pipeline: TurnPipeline | None = None
         self.retriever: Retriever | None = None

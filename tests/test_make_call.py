@@ -6,34 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import signal
 import socket
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.support.make_call import COMMAND, environment, run
-from tests.support.paths import ENV_EXAMPLE, KNOWLEDGE
 from tests.support.processes import descendants, running
 
 GREETING = "Thanks for calling Kestrel Broadband. How can I help?"
 ADDRESS = re.compile(r"(?:http|ws)://127\.0\.0\.1:(\d+)")
-
-
-@pytest.fixture
-def checkout(tmp_path: Path, shared_data_dir: Path, kb_index: Path) -> Path:
-    """A fresh clone after `make run`: .env.example, the sample documents, and the index built from
-    them (ingested once per test session; `make call` would build it the same way if it were missing)."""
-    root = tmp_path / "checkout"
-    root.mkdir()
-    shutil.copy(ENV_EXAMPLE, root / ".env.example")
-    (root / "knowledge").symlink_to(KNOWLEDGE)
-    shutil.copytree(kb_index, root / "data" / "index")
-    if (shared_data_dir / "models").is_dir():
-        shutil.copytree(shared_data_dir / "models", root / "data" / "models")
-    return root
 
 
 async def test_a_scripted_call_answers_takes_a_message_and_transfers(checkout: Path) -> None:

@@ -121,6 +121,7 @@ class TurnView:
     timings_ms: dict[str, float | None]
     unanswered: bool
     sources: list[SourceView] = field(default_factory=list)
+    event_id: int | None = None  # the Speech Engine's id of the turn
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -293,6 +294,7 @@ async def get_call(conn: AsyncConnection, call_sid: str) -> CallDetail | None:
             },
             unanswered=t.gap_id is not None,
             sources=sources.get(t.id, []),
+            event_id=t.event_id,
         )
         for t in found
     ]

@@ -5,12 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from app.settings import Settings
+from tests.support.paths import ENV_EXAMPLE, KNOWLEDGE
 
 COMMAND = [sys.executable, "-m", "app.testing.phone"]  # what `make call` runs
+
+
+def checkout(root: Path, data_dir: Path, index: Path) -> Path:
+    """A fresh clone after `make run` at `root`: .env.example, the sample documents, and the index
+    built from them (and the embedding model exported into `data_dir`, when it is there)."""
+    root.mkdir()
+    shutil.copy(ENV_EXAMPLE, root / ".env.example")
+    (root / "knowledge").symlink_to(KNOWLEDGE)
+    shutil.copytree(index, root / "data" / "index")
+    if (data_dir / "models").is_dir():
+        shutil.copytree(data_dir / "models", root / "data" / "models")
+    return root
 
 
 def environment() -> dict[str, str]:
