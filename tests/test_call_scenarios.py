@@ -6,7 +6,9 @@ clock."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -24,8 +26,10 @@ from app.testing.scenarios.runner import switchboard
 from app.testing.scenarios.suite import run
 from ingest.pipeline import run_ingest
 from tests.support.config import sample_targets
+from tests.support.make_call import environment
 from tests.support.make_call import run as run_command
 from tests.support.paths import CALLS, KNOWLEDGE
+from tests.support.processes import as_a_terminal_starts_it, descendants, running
 
 SUITE_TIMEOUT_S = 600
 
@@ -289,3 +293,43 @@ turns:
     assert caller == "+12125550123" and at.isoformat().startswith("2026-12-08T23:30")
     assert abs((seen[now.call_sid][1] - datetime.now(at.tzinfo)).total_seconds()) < 600
     assert late.error is None and now.error is None and late.turns[0].agent
+
+
+def throwaway_records(tmp: Path) -> list[Path]:
+    return list(tmp.glob("switchboard-calls-*"))
+
+
+async def test_ctrl_c_mid_run_leaves_nothing_running(checkout: Path, tmp_path: Path) -> None:
+    (checkout / "calls").symlink_to(CALLS)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app",
+        "test-calls",
+        cwd=checkout,
+        env=environment() | {"TMPDIR": str(tmp)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=as_a_terminal_starts_it,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        async with asyncio.timeout(120):
+            while not (line := (await process.stdout.readline()).decode()).startswith("PASS "):
+                assert line, "the run ended before its first scenario"
+        spawned = descendants(process.pid)
+        assert throwaway_records(tmp)  # the run's own records, in a temporary directory
+        process.send_signal(signal.SIGINT)  # Ctrl-C, with calls under way
+        async with asyncio.timeout(30):
+            err = (await process.stderr.read()).decode()
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 130 and err.endswith("── stopped (Ctrl-C): no report\n"), err[-2000:]
+    assert "Traceback" not in err
+    assert not any(running(pid) for pid in spawned)
+    assert not throwaway_records(tmp)

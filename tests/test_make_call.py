@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from tests.support.make_call import COMMAND, environment, run
-from tests.support.processes import descendants, running
+from tests.support.processes import as_a_terminal_starts_it, descendants, running
 
 GREETING = "Thanks for calling Kestrel Broadband. How can I help?"
 ADDRESS = re.compile(r"(?:http|ws)://127\.0\.0\.1:(\d+)")
@@ -68,13 +68,6 @@ def refuses(port: int) -> bool:
     except OSError:
         return True
     return False
-
-
-def as_a_terminal_starts_it() -> None:
-    """In the child before `make call` starts: Ctrl-C's signal at its default, as a shell leaves it for
-    the command it runs in the foreground. A suite started in the background by a shell without job
-    control (CI, a long run) has SIGINT ignored, and a child inherits that: Ctrl-C would never reach it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 async def test_ctrl_c_mid_call_leaves_nothing_running(checkout: Path) -> None:

@@ -4,7 +4,7 @@
 
 FILES are scenario files or directories of them (default: calls/). Exit status: 0 when no scenario
 failed (an expected failure, `xfail:`, is not one), 1 when one did, 2 when a file is malformed or
-the run could not start. Server logs go to DATA_DIR/test-calls.log.
+names no scenario, 130 when stopped with Ctrl-C. Server logs go to DATA_DIR/test-calls.log.
 """
 
 from __future__ import annotations
@@ -65,7 +65,11 @@ def main(argv: list[str]) -> int:
             answers = f"the model {settings.openai_model}" if settings.llm_enabled else "the documents alone"
             print(f"{len(loaded.scenarios)} scenarios, answers from {answers}, -j {args.jobs}", flush=True)
         show = None if args.json else (lambda result: print(report.progress(result), flush=True))
-        done = uvloop.run(run(settings, loaded.scenarios, jobs=args.jobs, noise=noise, on_result=show))
+        try:
+            done = uvloop.run(run(settings, loaded.scenarios, jobs=args.jobs, noise=noise, on_result=show))
+        except KeyboardInterrupt:
+            print("\n── stopped (Ctrl-C): no report", file=sys.stderr)
+            return 130
     print(report.json_text(done) if args.json else report.text(done))
     if args.junit is not None:
         args.junit.write_bytes(report.junit(done))
