@@ -22,6 +22,7 @@ from app.testing.fake_openai import FakeOpenAI, Reply
 from app.testing.scenarios import report
 from app.testing.scenarios.files import Scenario, load
 from app.testing.scenarios.judge import INSTRUCTIONS
+from app.testing.scenarios.noise import AsrNoise
 from app.testing.scenarios.runner import switchboard
 from app.testing.scenarios.suite import run
 from ingest.pipeline import run_ingest
@@ -333,3 +334,27 @@ async def test_ctrl_c_mid_run_leaves_nothing_running(checkout: Path, tmp_path: P
     assert "Traceback" not in err
     assert not any(running(pid) for pid in spawned)
     assert not throwaway_records(tmp)
+
+
+async def test_the_agent_hears_the_noisy_line_and_the_same_seed_hears_it_again(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    found = scenarios(
+        tmp_path,
+        """\
+name: a message with a noisy name
+turns:
+  - say: I'd like to leave a message
+  - say: Alan Mathison Turing
+""",
+    )
+    said = found[0].turns[1].say
+    noise = next(n for seed in range(100) if (n := AsrNoise(0.5, seed)).hear(said, found[0].name, 2) != said)
+    heard = noise.hear(said, found[0].name, 2)
+    settings = make_settings()
+    first, again = [await run(settings, found, noise=noise) for _ in range(2)]
+    calls = [result.call for result in (*first.results, *again.results)]
+    opening = noise.hear(found[0].turns[0].say, found[0].name, 1)
+    assert [turn.heard for turn in calls[0].turns] == [turn.heard for turn in calls[1].turns] == [opening, heard]
+    assert calls[0].turns[1].said == said and f"Thank you, {heard}." in calls[0].turns[1].agent  # as heard
+    assert f"(heard as: {heard})" in [line.strip() for line in report.transcript(calls[0])]

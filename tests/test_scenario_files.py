@@ -121,6 +121,13 @@ def test_a_malformed_file_is_refused_with_its_file_and_line(tmp_path: Path, text
     assert found[0].startswith(f"{tmp_path / 'calls.yaml'}:{line}: ") and says in found[0], found
 
 
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    loaded = load([tmp_path / "nope.yaml"])
+    assert [str(e) for e in loaded.errors] == [
+        f"{tmp_path / 'nope.yaml'}: cannot be read: [Errno 2] No such file or directory: '{tmp_path / 'nope.yaml'}'"
+    ]
+
+
 def test_a_misspelt_key_gets_a_suggestion(tmp_path: Path) -> None:
     [error] = errors(tmp_path, "name: x\nturns:\n  - say: hi\n    expect:\n      says_al: [a]\n")
     assert error.endswith("did you mean `says_all`?")

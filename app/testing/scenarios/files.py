@@ -96,7 +96,8 @@ class FileError:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
+        where = f"{self.file}:{self.line}" if self.line else str(self.file)  # line 0: the file as a whole
+        return f"{where}: {self.message}"
 
 
 @dataclass
