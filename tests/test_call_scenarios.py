@@ -82,6 +82,26 @@ async def test_the_shipped_suite_passes_the_same_at_j1_and_j4(checkout: Path) ->
     assert suite.get("skipped") == str(summary["xfailed"] + summary["skipped"])
 
 
+async def test_a_failing_scenario_makes_the_command_fail_and_say_why(checkout: Path) -> None:
+    (checkout / "failing.yaml").write_text(
+        "name: sales goes to billing\nturns:\n  - say: can I talk to someone in sales?\n"
+        "    expect: {department: billing}\n",
+        encoding="utf-8",
+    )
+    code, out, err = await run_command(
+        checkout, sys.executable, "-m", "app", "test-calls", "failing.yaml", "--junit", "report.xml", timeout=120
+    )
+    assert code == 1, err[-2000:]
+    lines = out.splitlines()
+    assert lines[0] == "1 scenario, answers from the documents alone, -j 1"
+    assert lines[1].startswith("FAIL  sales goes to billing  (failing.yaml:1, ")
+    assert "── FAIL: sales goes to billing (failing.yaml:1)" in lines
+    assert "   turn 1, department: expected transferred to billing" in lines
+    assert lines[-1].startswith("1 scenario in ") and lines[-1].endswith("): 1 failed")
+    suite = ET.parse(checkout / "report.xml").getroot().find("testsuite")
+    assert suite is not None and (suite.get("tests"), suite.get("failures")) == ("1", "1")
+
+
 async def test_scenarios_that_should_fail_do_fail_with_a_clear_report(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:

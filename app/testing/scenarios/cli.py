@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
         build_index_if_missing(settings)
         if not args.json:
             answers = f"the model {settings.openai_model}" if settings.llm_enabled else "the documents alone"
-            print(f"{len(loaded.scenarios)} scenarios, answers from {answers}, -j {args.jobs}", flush=True)
+            print(f"{report.scenarios(len(loaded.scenarios))}, answers from {answers}, -j {args.jobs}", flush=True)
         show = None if args.json else (lambda result: print(report.progress(result), flush=True))
         try:
             done = uvloop.run(run(settings, loaded.scenarios, jobs=args.jobs, noise=noise, on_result=show))

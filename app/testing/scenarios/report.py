@@ -39,6 +39,10 @@ def counts(run: Run) -> dict[str, int]:
     return found
 
 
+def scenarios(count: int) -> str:
+    return f"{count} scenario{'' if count == 1 else 's'}"
+
+
 def progress(result: ScenarioResult) -> str:
     """One line as a scenario ends."""
     scenario = result.scenario
@@ -62,7 +66,7 @@ def text(run: Run) -> str:
     noise = f", ASR noise {run.noise.rate} (seed {run.noise.seed})" if run.noise else ""
     lines += [
         "",
-        f"{len(run.results)} scenarios in {run.seconds:.1f} s (-j {run.jobs}, answers from {run.answers_from}"
+        f"{scenarios(len(run.results))} in {run.seconds:.1f} s (-j {run.jobs}, answers from {run.answers_from}"
         f"{noise}): {summary or 'none'}",
     ]
     return "\n".join(lines)
