@@ -255,7 +255,7 @@ turns:
 name: judged
 turns:
   - say: how much is the autopay discount?
-    expect: {judge: quotes the discount, first_words_ms: 5000}
+    expect: {judge: quotes the discount}
 ---
 name: judged wrong
 turns:
@@ -271,8 +271,7 @@ turns:
     assert slow.got.startswith("first words after ") and int(slow.got.split()[3]) >= 600
     assert by_name["judged"].status == "passed"
     assert [(c.what, c.got) for c in by_name["judged"].checks] == [
-        ("first_words_ms", by_name["judged"].checks[0].got),
-        ("judge", "the model says PASS: it gives the $5 discount."),
+        ("judge", "the model says PASS: it gives the $5 discount.")
     ]
     assert [(c.what, c.expected, c.got) for c in by_name["judged wrong"].failures] == [
         ("judge", "says it cannot help", "the model says FAIL: it never mentions the discount.")
