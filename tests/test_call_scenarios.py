@@ -143,6 +143,12 @@ turns:
   - say: how much is the autopay discount?
     expect: {says_any: ["$9"]}
 ---
+name: marked but fine
+xfail: fixed since
+turns:
+  - say: how much is the autopay discount?
+    expect: {says_any: ["$5"]}
+---
 name: only a judge
 turns:
   - say: how much is the autopay discount?
@@ -158,6 +164,7 @@ turns:
         "a message never taken": "failed",
         "the right answer": "passed",
         "known to fail": "xfailed",
+        "marked but fine": "xpassed",  # reported, not a failure
         "only a judge": "skipped",  # no model: nothing could be checked
     }
     assert not done.ok
@@ -178,17 +185,18 @@ turns:
     assert "── FAIL: wrong department" in text and "turn 1, department: expected transferred to billing" in text
     assert "caller> can I talk to someone in sales?" in text and "── transferred to sales (+12025550143)" in text
     assert "1 expectation(s) skipped: no model configured (OPENAI_MODEL)" in text
-    assert text.endswith("4 failed, 1 skipped, 1 xfailed")
+    assert "   passed, though marked to fail (fixed since): remove its `xfail:`" in text.splitlines()
+    assert text.endswith("4 failed, 1 skipped, 1 xfailed, 1 xpassed")
 
     document = json.loads(report.json_text(done))
     assert document["summary"] | {"seconds": 0} == {
-        "scenarios": 7,
+        "scenarios": 8,
         "passed": 1,
         "failed": 4,
         "error": 0,
         "skipped": 1,
         "xfailed": 1,
-        "xpassed": 0,
+        "xpassed": 1,
         "seconds": 0,
     }
 
@@ -196,7 +204,7 @@ turns:
     suite = root.find("testsuite")
     assert suite is not None
     assert {k: suite.get(k) for k in ("tests", "failures", "errors", "skipped")} == {
-        "tests": "7",
+        "tests": "8",
         "failures": "4",
         "errors": "0",
         "skipped": "2",
