@@ -97,6 +97,7 @@ def make_settings(shared_data_dir: Any, kb_index: Path) -> Callable[..., Setting
             "data_dir": shared_data_dir,
             "index_dir": kb_index,
             "log_level": "DEBUG",
+            "departments_file": None,  # departments come from each test (TRANSFER_TARGETS, or a file of its own)
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)
@@ -112,10 +113,11 @@ async def fake_model() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 def serve(make_settings: Callable[..., Settings]) -> Callable[..., Any]:
-    """`async with serve(**settings) as server:` runs the real app on 127.0.0.1 and a free port."""
+    """`async with serve(**settings) as server:` runs the real app on 127.0.0.1 and a free port
+    (`clock=SetClock(...)`: the time opening hours are read against)."""
 
-    def start(**overrides: Any) -> LiveServer:
-        return LiveServer(create_app(make_settings(**overrides)))
+    def start(clock: Any = None, **overrides: Any) -> LiveServer:
+        return LiveServer(create_app(make_settings(**overrides), clock))
 
     return start
 

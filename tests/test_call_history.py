@@ -421,7 +421,7 @@ async def test_postgresql_going_away_mid_call_loses_no_audio_and_no_message(
 async def test_the_model_reporting_an_unanswered_question_makes_a_gap_without_another_round(
     serve, make_settings, fake_model, tmp_path
 ) -> None:
-    from app.brain.tools import GAP_TOOL
+    from app.brain.tools.report_unanswered_question import NAME as GAP_TOOL
 
     fake_model.queue(
         Reply.text(

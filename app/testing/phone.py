@@ -32,7 +32,6 @@ import json
 import secrets
 import sys
 import time
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
@@ -300,14 +299,10 @@ def _ms(seconds: float) -> float:
 
 def _dial(twiml: str) -> dict[str, str]:
     """Where a transfer's TwiML sends the call: the number, the department, what is said first."""
-    root = ET.fromstring(twiml)
-    dial = root.find(".//Dial")
-    department = ""
-    if dial is not None and dial.get("action"):
-        department = parse_qs(urlsplit(dial.get("action", "")).query).get("department", [""])[0]
-    said = " ".join(say.text or "" for say in root.iter("Say"))
-    number = (dial.text or "").strip() if dial is not None else ""
-    return {"department": department, "number": number, "said": said}
+    hook = Webhook.parse(200, twiml)
+    action = hook.dial.get("action", "")
+    department = parse_qs(urlsplit(action).query).get("department", [""])[0]
+    return {"department": department, "number": hook.dialled[0] if hook.dialled else "", "said": " ".join(hook.said)}
 
 
 # --- the terminal --------------------------------------------------------------------------------

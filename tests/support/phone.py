@@ -152,7 +152,8 @@ def dialled(form: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
     """The verbs, the dialled numbers and the dial actions of a redirect's TwiML."""
     root = ET.fromstring(form["Twiml"])
     dials = list(root.iter("Dial"))
-    return [c.tag for c in root], [(d.text or "").strip() for d in dials], [d.get("action", "") for d in dials]
+    numbers = [(n.text or "").strip() for d in dials for n in d.iter("Number")]
+    return [c.tag for c in root], numbers, [d.get("action", "") for d in dials]
 
 
 async def requests_made(fake: FakeOpenAI, count: int, timeout: float = 10.0) -> None:
