@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 
 from app.departments.schedule import DAY_MINUTES, WEEKDAYS, Department, Range, always_open
-from app.settings import DEPARTMENT_NAME
+from app.settings import DEPARTMENT_NAME, Settings
 
 KEYS = ("number", "handles", "time_zone", "holidays", "screen", "hours")
 MAX_OVERNIGHT_MINUTES = 12 * 60
@@ -54,6 +54,18 @@ class DepartmentsError(Exception):
         super().__init__(f"{source}: " + "; ".join(lines))
         self.source = source
         self.lines = lines
+
+
+def load_departments(settings: Settings) -> dict[str, Department]:
+    """The departments these settings give (DEPARTMENTS_FILE, then TRANSFER_TARGETS)."""
+    path = settings.departments_file
+    source = str(path) if path is not None else "TRANSFER_TARGETS"
+    return parse_departments(read_file(path), settings.transfer_targets, source)
+
+
+def refusal(exc: DepartmentsError) -> str:
+    """What the start-up says when the departments cannot be used: every mistake on its own line."""
+    return "\n".join([f"Switchboard cannot start; fix these mistakes in {exc.source}:", *(f"  {line}" for line in exc.lines)])
 
 
 def read_file(path: Path | None) -> str | None:

@@ -45,6 +45,7 @@ class Directory:
         self.departments = parse_departments(text, self.targets, self.source)
         self._text = text
         self.version += 1
+        log.info("departments from %s: %s", self.source, ", ".join(self.departments) or "none")
 
     async def watch(self) -> None:
         while True:

@@ -205,7 +205,7 @@ def announcement(settings: Settings, transfer: Transfer) -> str:
     who = f"{transfer.name}, calling from {spoken_digits(number)}" if transfer.name else (
         f"a caller on {spoken_digits(number)}" if number else "a caller whose number is withheld"
     )  # fmt: skip
-    why = f" They want: {transfer.reason.rstrip('.')}." if transfer.reason else ""
+    why = f" Their request: {transfer.reason.rstrip('.')}." if transfer.reason else ""
     return (
         f"{settings.company_name} assistant, with a call for {transfer.department} from {who}.{why} "
         "Press 1 to take the call."

@@ -104,10 +104,17 @@ class Phone:
 
 @asynccontextmanager
 async def phone_call(
-    serve: Any, settings: dict[str, Any], fake: FakeElevenLabs, api: FakeTwilioApi, *, header: bool = True
+    serve: Any,
+    settings: dict[str, Any],
+    fake: FakeElevenLabs,
+    api: FakeTwilioApi,
+    *,
+    header: bool = True,
+    clock: Any = None,
 ) -> AsyncIterator[Phone]:
-    """A call through the bridge, and the brain conversation ElevenLabs would open for it."""
-    async with serve(**settings) as server:
+    """A call through the bridge, and the brain conversation ElevenLabs would open for it (`clock`:
+    the time opening hours are read against)."""
+    async with serve(clock=clock, **settings) as server:
         svc = server.app.extensions["switchboard"]
         svc.telephony.limits = FAST_BRIDGE
         svc.registry.timings = FAST_ACTIONS
