@@ -46,7 +46,22 @@ MONDAY_NOON = datetime(2026, 11, 23, 17, 0, tzinfo=UTC)  # 12:00 in New York
 SATURDAY_EVENING = datetime(2026, 11, 21, 23, 0, tzinfo=UTC)  # 18:00 in New York
 DANA = {"name": "Dana Smith", "callback_number": "(415) 555-0100"}
 LINE = "Of course, I'll put you through to our sales team now."
-TRANSFER = ("transfer_call", json.dumps({"department": "sales", "reason": "wants the faster plan", "caller_name": "Dana"}))
+
+
+class CallTimes:
+    """A clock with a time of its own for some calls (as a scenario's `at:` gives one): opening hours
+    decided during a call must ask for that call's time."""
+
+    def __init__(self, default: datetime) -> None:
+        self.default = default
+        self.at: dict[str, datetime] = {}
+
+    def now(self, call_sid: str | None = None) -> datetime:
+        return self.at.get(call_sid or "", self.default)
+
+
+ASKED = {"department": "sales", "reason": "wants the faster plan", "caller_name": "Dana"}
+TRANSFER = ("transfer_call", json.dumps(ASKED))
 
 
 @pytest.fixture
@@ -90,7 +105,7 @@ async def test_a_colleague_who_presses_1_is_connected_and_the_call_is_recorded_a
         await twilio_api.wait_for(lambda: len(twilio_api.dials) == 1)
         await phone.ended()
         await phone.svc.records.recorder.flushed()
-        ((sid, form),) = twilio_api.call_updates
+        ((sid, _),) = twilio_api.call_updates
     (dial,) = twilio_api.dials
     assert dial.number == SALES and dial.status == "completed" and dial.key == "1"
     whisper = " ".join(colleague.heard)
@@ -165,8 +180,9 @@ async def test_a_closed_department_is_never_dialled_and_the_agent_says_when_it_o
 ) -> None:
     sorry = "Sales is closed now; it opens on Monday at 9 am. Shall I take a message for sales?"
     fake_model.queue(Reply(tokens=[], tool_calls=[TRANSFER]), Reply.text(sorry))
-    clock = SetClock(SATURDAY_EVENING)
+    clock = CallTimes(MONDAY_NOON)
     async with phone_call(serve, handoff_settings, fake_elevenlabs, twilio_api, clock=clock) as phone:
+        clock.at[phone.caller.call_sid] = SATURDAY_EVENING  # this call's time, not the app's
         answer = await phone.client.ask("can I talk to someone in sales?")
         await phone.hung_up()
         await phone.svc.records.recorder.flushed()
@@ -188,8 +204,9 @@ async def test_a_closed_department_is_never_dialled_and_the_agent_says_when_it_o
 async def test_the_keypad_with_everyone_closed_brings_the_caller_back_saying_when_sales_opens(
     serve, handoff_settings, fake_elevenlabs, fake_model, twilio_api
 ) -> None:
-    clock = SetClock(SATURDAY_EVENING)
+    clock = CallTimes(MONDAY_NOON)
     async with phone_call(serve, handoff_settings, fake_elevenlabs, twilio_api, clock=clock) as phone:
+        clock.at[phone.caller.call_sid] = SATURDAY_EVENING
         await phone.pressed("0")
         back = await twilio_api.leg(phone.caller.call_sid)
         conversation = await fake_elevenlabs.conversation(1)

@@ -71,16 +71,16 @@ class DocumentsOnly:
                 line = await tool.rule_without_model(said)
                 if line is not None:
                     return line
-        return self.hours(transcript.utterance)
+        return self.hours(transcript.utterance, tools.known_call_sid if tools is not None else None)
 
-    def hours(self, said: str) -> str | None:
-        """An answer from the schedule to a question about opening hours, or None."""
+    def hours(self, said: str, call_sid: str | None = None) -> str | None:
+        """An answer from the schedule, at `call_sid`'s time, to a question about opening hours, or None."""
         departments = list(self.directory.departments.values())
         if not departments or not _HOURS.search(said):
             return None
         named = [d for d in departments if _names(d.name, said)]
         asked = named or departments
-        now = self.directory.now()
+        now = self.directory.now(call_sid)
         days = _days(said, now.astimezone(asked[0].zone).date())
         if days:
             return " ".join(_on_days(d, days) for d in asked)

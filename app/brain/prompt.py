@@ -82,25 +82,26 @@ class Prompt:
         retrieval: Retrieval,
         tools: tuple[str, ...] = (),
         returned: Returned | None = None,
+        call_sid: str | None = None,
     ) -> list[dict[str, Any]]:
-        """System rules, the conversation so far, the departments and reference blocks, then the
-        caller's latest words."""
+        """System rules, the conversation so far, the departments and reference blocks (opening hours
+        at `call_sid`'s time), then the caller's latest words."""
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.system_for(tools)}]
         for turn in transcript.history:
             messages.append({"role": "assistant" if turn.role == "agent" else "user", "content": turn.content})
-        departments = self.departments_block(returned)
+        departments = self.departments_block(returned, call_sid)
         if departments is not None:
             messages.append({"role": "user", "content": departments})
         messages.append({"role": "user", "content": reference_block(retrieval)})
         messages.append({"role": "user", "content": transcript.utterance})
         return messages
 
-    def departments_block(self, returned: Returned | None = None) -> str | None:
+    def departments_block(self, returned: Returned | None = None, call_sid: str | None = None) -> str | None:
         """Who is in right now (worked out once a minute, and again when the departments change), and
         on a call back from a transfer, which one came to nothing."""
         if not self.directory.departments:
             return None
-        now = self.directory.now()
+        now = self.directory.now(call_sid)
         key = (self.directory.version, int(now.timestamp()) // 60)
         if self._block[0] != key:
             self._block = (key, block(self.directory.departments.values(), now))

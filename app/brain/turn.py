@@ -264,7 +264,8 @@ class TurnPipeline:
         offered = tools.offered if tools is not None else ()
         specs = tools.box.specs(offered) if tools is not None and offered else None
         returned = tools.call.returned if tools is not None and tools.call is not None else None
-        messages = self.prompt.messages(clean, retrieval, offered, returned)
+        call_sid = tools.known_call_sid if tools is not None else None
+        messages = self.prompt.messages(clean, retrieval, offered, returned, call_sid)
         spoke = acted = False
         for round_no in range(MAX_TOOL_ROUNDS + 1):
             calls: list[ToolCall] = []

@@ -65,7 +65,8 @@ def load_departments(settings: Settings) -> dict[str, Department]:
 
 def refusal(exc: DepartmentsError) -> str:
     """What the start-up says when the departments cannot be used: every mistake on its own line."""
-    return "\n".join([f"Switchboard cannot start; fix these mistakes in {exc.source}:", *(f"  {line}" for line in exc.lines)])
+    head = f"Switchboard cannot start; fix these mistakes in {exc.source}:"
+    return "\n".join([head, *(f"  {line}" for line in exc.lines)])
 
 
 def read_file(path: Path | None) -> str | None:

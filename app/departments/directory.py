@@ -77,8 +77,9 @@ class Directory:
                 log.error("  %s", line)
         return False
 
-    def now(self) -> datetime:
-        return self.clock.now()
+    def now(self, call_sid: str | None = None) -> datetime:
+        """The time `call_sid`'s opening hours are read against (None: outside any call)."""
+        return self.clock.now(call_sid)
 
     def get(self, name: str) -> Department | None:
         return self.departments.get(name)

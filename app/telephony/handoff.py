@@ -158,7 +158,7 @@ async def _back(svc: Services, call_sid: str, caller: str, returned: Returned, f
     if not admitted:
         log.warning("call not brought back to the agent: no free line", extra=extra)
         return ended_twiml(settings, None) if settings.fallback_number else busy_twiml(settings)
-    opens = _opens(svc, returned.department) if returned.result == "closed" else None
+    opens = _opens(svc, returned.department, call_sid) if returned.result == "closed" else None
     say = return_line(returned.department, returned.result, opens)
     key = call_token.derive_key(settings.secret("twilio_auth_token") or "")
     context = f"{returned.encode()}\n{say}"
@@ -169,10 +169,10 @@ async def _back(svc: Services, call_sid: str, caller: str, returned: Returned, f
     return connect_twiml(settings, caller, token, returned, say)
 
 
-def _opens(svc: Services, name: str) -> str | None:
+def _opens(svc: Services, name: str, call_sid: str) -> str | None:
     department = svc.directory.get(name)
     if department is None:
         return None
-    now = svc.directory.now()
+    now = svc.directory.now(call_sid)
     opens = next_opening(department, now)
     return f"{when(opens, now, department)}, {zone_name(department)}" if opens is not None and opens > now else None

@@ -1,5 +1,5 @@
-"""A clock that says what it is told: tests, benchmarks and `make call --at` set the time the app reads
-opening hours against (`create_app(settings, clock=...)`)."""
+"""A clock that says what it is told: tests and benchmarks set the time the app reads opening hours
+against (`create_app(settings, clock=...)`), the same for every call."""
 
 from __future__ import annotations
 
@@ -15,5 +15,5 @@ class SetClock:
             raise ValueError("set the clock to an aware datetime")
         self._at = at.astimezone(UTC)
 
-    def now(self) -> datetime:
+    def now(self, call_sid: str | None = None) -> datetime:
         return self._at

@@ -19,6 +19,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -119,7 +120,7 @@ class Toolbox:
     def transfer_result(self, call_sid: str, department: str, result: str) -> None:
         """A transfer's result on the call's record (closed, ringing, connected, no answer...)."""
         if self.records is not None:
-            self.records.record(TransferResult(call_sid, department, result, self.directory.now()))
+            self.records.record(TransferResult(call_sid, department, result, datetime.now(UTC)))
 
     async def transfer(self, call: LiveCall, action: CallAction) -> None:
         """Put the call through to `action.department`. If Twilio refuses, end the stream as failed so

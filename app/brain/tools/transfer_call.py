@@ -89,7 +89,7 @@ async def handle(tools: CallTools, args: BaseModel) -> Outcome:
     department = box.directory.get(args.department)  # type: ignore[attr-defined]
     if department is None:
         return no("invalid_arguments", "That department is no longer configured.")
-    now = box.directory.now()
+    now = box.directory.now(call.call_sid)
     if not is_open(department, now):
         box.transfer_result(call.call_sid, department.name, "closed")
         return no("closed", _closed(tools, department.name))
@@ -107,7 +107,7 @@ async def handle(tools: CallTools, args: BaseModel) -> Outcome:
 
 def _closed(tools: CallTools, name: str) -> str:
     directory = tools.box.directory
-    now = directory.now()
+    now = directory.now(tools.known_call_sid)
     department = directory.departments[name]
     others = [
         f"{d.name}" + (f" ({d.handles})" if d.handles else "")
@@ -133,7 +133,7 @@ async def rule(turn: RuleTurn) -> str | None:
     if NAME not in turn.offered:
         return f"I'm sorry, I can't put you through right now, but I can take a message. {ANYTHING_ELSE}"
     directory = turn.tools.box.directory
-    now = directory.now()
+    now = directory.now(turn.tools.known_call_sid)
     named = next((d for d in directory.names if _names(d, said)), None)
     first_open = directory.first_open(now)
     department = named or (first_open.name if first_open is not None else directory.names[0])
@@ -148,7 +148,7 @@ async def rule(turn: RuleTurn) -> str | None:
 def closed_line(tools: CallTools, name: str) -> str:
     """What the caller hears when `name` is closed: when it opens, who is open, and a message offer."""
     directory = tools.box.directory
-    now = directory.now()
+    now = directory.now(tools.known_call_sid)
     department = directory.departments[name]
     opens = next_opening(department, now)
     text = f"I'm sorry, {name} is closed right now. "
@@ -190,7 +190,7 @@ async def keypad(box: Toolbox, call: LiveCall) -> None:
     if claimed != "accepted":
         box.count(NAME, "keypad_refused" if claimed != "unavailable" else "unavailable")
         return
-    now = box.directory.now()
+    now = box.directory.now(call.call_sid)
     department = box.directory.first_open(now)
     box.count(NAME, "keypad")
     if department is not None:
