@@ -10,12 +10,14 @@ import shutil
 import signal
 import socket
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from app.departments.schedule import WEEKDAYS
 from tests.support.make_call import COMMAND, environment, run
-from tests.support.paths import ENV_EXAMPLE, KNOWLEDGE
+from tests.support.paths import DEPARTMENTS, ENV_EXAMPLE, KNOWLEDGE
 from tests.support.processes import descendants, running
 
 GREETING = "Thanks for calling Kestrel Broadband. How can I help?"
@@ -29,6 +31,15 @@ def checkout(tmp_path: Path, shared_data_dir: Path, kb_index: Path) -> Path:
     root = tmp_path / "checkout"
     root.mkdir()
     shutil.copy(ENV_EXAMPLE, root / ".env.example")
+    # The sample's departments, open around the clock: what the call does must not depend on when it runs.
+    always = ", ".join(f'{day} = "00:00-24:00"' for day in WEEKDAYS)
+    (root / "departments.toml").write_text(
+        "".join(
+            f'[departments.{name}]\nnumber = "{d["number"]}"\nhandles = "{d["handles"]}"\n'
+            f'time_zone = "{d["time_zone"]}"\nhours = {{ {always} }}\n\n'
+            for name, d in tomllib.loads(DEPARTMENTS.read_text())["departments"].items()
+        )
+    )
     (root / "knowledge").symlink_to(KNOWLEDGE)
     shutil.copytree(kb_index, root / "data" / "index")
     if (shared_data_dir / "models").is_dir():

@@ -264,7 +264,7 @@ class Phone:
     async def press(self, key: str) -> list[str]:
         before = await self.board.tool_counts()
         await self.caller.dtmf(key)
-        if key == "0" and self.board.settings.transfer_targets:
+        if key == "0" and self.board.server.app.extensions["switchboard"].directory.departments:
             await self._until_over()  # the keypad's 0 transfers at once
         return sorted((await self.board.tool_counts() - before).elements())
 

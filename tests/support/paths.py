@@ -8,3 +8,4 @@ REPO = Path(__file__).resolve().parents[2]
 KNOWLEDGE = REPO / "knowledge"  # the sample knowledge base `make ingest` reads by default
 README = REPO / "README.md"
 ENV_EXAMPLE = REPO / ".env.example"
+DEPARTMENTS = REPO / "departments.toml"  # the sample company's departments
