@@ -22,8 +22,9 @@ from app.speech_engine_contract import CALL_SID_HEADER
 from app.testing.clock import SetClock
 from app.testing.fake_openai import Reply
 from app.testing.speech_engine import SpeechEngineClient
+from app.testing.twilio_caller import TwilioCaller, Webhook
 from app.testing.twilio_dial import Colleague
-from tests.support.config import API_KEY, SECRET
+from tests.support.config import API_KEY, PUBLIC_URL, SECRET, TWILIO_TOKEN
 from tests.support.phone import messages_of, phone_call, tool_results
 from tests.support.waiting import until
 
@@ -92,7 +93,7 @@ async def record_of(settings: dict[str, Any], call_sid: str) -> dict[str, Any]:
         await store.stop()
 
 
-async def test_a_colleague_who_presses_1_is_connected_and_the_call_is_recorded_as_connected(
+async def test_a_colleague_who_presses_1_is_connected_recorded_once_and_a_second_dial_action_changes_nothing(
     serve, handoff_settings, fake_elevenlabs, fake_model, twilio_api, refused
 ) -> None:
     colleague = twilio_api.colleagues[SALES] = Colleague("takes")
@@ -104,8 +105,12 @@ async def test_a_colleague_who_presses_1_is_connected_and_the_call_is_recorded_a
         await phone.speak(0.4)
         await twilio_api.wait_for(lambda: len(twilio_api.dials) == 1)
         await phone.ended()
+        ((sid, form),) = twilio_api.call_updates
+        # The same dial action again, now saying nobody answered: it changes nothing.
+        action = Webhook.parse(200, form["Twiml"]).dial["action"]
+        again = await phone.caller.post(action, phone.caller.form(CallStatus="completed", DialCallStatus="no-answer"))
         await phone.svc.records.recorder.flushed()
-        ((sid, _),) = twilio_api.call_updates
+    assert again.verbs == ["Hangup"] and twilio_api.legs == {}
     (dial,) = twilio_api.dials
     assert dial.number == SALES and dial.status == "completed" and dial.key == "1"
     whisper = " ".join(colleague.heard)
@@ -271,3 +276,38 @@ async def test_whatever_keeps_a_colleague_from_taking_the_call_the_caller_is_bac
     assert back.webhook is not None and back.webhook.parameters["transfer"] == f"sales:{result}"
     call = await record_of(handoff_settings, phone.caller.call_sid)
     assert call["transfer"] == {"department": "sales", "result": result}
+
+
+async def test_the_transfer_routes_check_twilios_signature_and_a_dial_action_for_no_transfer_changes_nothing(
+    serve, handoff_settings
+) -> None:
+    routes = [
+        "/transfer/whisper?call=CA{sid}&department=sales",
+        "/transfer/screen?call=CA{sid}&department=sales",
+        "/dial-action?department=sales",
+        "/transfer/back?department=sales&result=closed",
+    ]
+    async with serve(clock=SetClock(MONDAY_NOON), **handoff_settings) as server:
+        caller = TwilioCaller(server.http_url, PUBLIC_URL, TWILIO_TOKEN)
+        form = caller.form(CallStatus="in-progress", DialCallStatus="no-answer", Digits="1")
+        forged = [
+            await caller.post(f"{PUBLIC_URL}{route.format(sid=caller.call_sid[2:])}", form, signature="Zm9yZ2Vk")
+            for route in routes
+        ]
+        unknown = await caller.post(f"{PUBLIC_URL}/dial-action?department=sales", form)
+        svc = server.app.extensions["switchboard"]
+        rejected = {
+            reason: svc.metrics.registry.get_sample_value("switchboard_twilio_rejected_total", {"reason": reason})
+            for reason in ("whisper_signature", "screen_signature", "dial_action_signature", "back_signature")
+        }
+        await svc.records.recorder.flushed()
+    assert [hook.status for hook in forged] == [403] * 4
+    assert rejected == dict.fromkeys(rejected, 1.0)
+    # A dial of no transfer of ours: never silence, and no record of a call or a transfer.
+    assert unknown.status == 200 and unknown.verbs == ["Say", "Hangup"]
+    store = await open_for_reading(Settings(_env_file=None, data_dir=handoff_settings["data_dir"]))
+    try:
+        async with store.engine.connect() as conn:
+            assert await get_call(conn, caller.call_sid) is None
+    finally:
+        await store.stop()
