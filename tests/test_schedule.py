@@ -3,8 +3,11 @@ and the next opening across a weekend and a holiday. Nothing here depends on whe
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
 from datetime import UTC, date, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -12,6 +15,7 @@ import pytest
 from app.departments import spoken
 from app.departments.config import DepartmentsError, parse_departments
 from app.departments.schedule import ALWAYS, Department, is_open, next_opening, open_until
+from tests.support.make_call import environment
 
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -178,24 +182,40 @@ number = "+12025550178"
 time_zone = "America/Chicago"
 hours = { sun = "10:00-10:00" }
 """
+BROKEN_LINES = [
+    "sales: colour: unknown key (known: number, handles, time_zone, holidays, screen, hours)",
+    "sales: number: '+1202555014' is not a valid phone number in E.164 (write it like +12025550143)",
+    "sales: time_zone: 'America/New_Yrok' is not a known IANA time zone (such as America/New_York)",
+    "sales: holidays: '2026-12-32' is not a date (YYYY-MM-DD)",
+    "sales: hours.tue: 17:00-09:00 is inverted: it would last 16 hours, past midnight (did you mean 09:00-17:00?)",
+    "sales: hours.wed: '9-5' is not a range of HH:MM times, such as 09:00-17:30",
+    "sales: hours.funday: unknown weekday (use mon, tue, wed, thu, fri, sat, sun)",
+    "sales: hours.mon: 09:00-12:00 and 11:30-17:00 overlap",
+    "sales: hours.fri: 22:00-03:00 runs past midnight into sat's 02:00-06:00",
+    "support: hours.sun: 10:00-10:00 is empty: it ends where it starts",
+    "support: in both departments.toml and TRANSFER_TARGETS; keep it in one of them",
+]
 
 
 def test_every_mistake_is_reported_on_its_own_line_with_the_department_and_key() -> None:
     with pytest.raises(DepartmentsError) as raised:
         parse_departments(BROKEN, {"support": "+15551230002"}, "departments.toml")
-    assert raised.value.lines == [
-        "sales: colour: unknown key (known: number, handles, time_zone, holidays, screen, hours)",
-        "sales: number: '+1202555014' is not a valid phone number in E.164 (write it like +12025550143)",
-        "sales: time_zone: 'America/New_Yrok' is not a known IANA time zone (such as America/New_York)",
-        "sales: holidays: '2026-12-32' is not a date (YYYY-MM-DD)",
-        "sales: hours.tue: 17:00-09:00 is inverted: it would last 16 hours, past midnight (did you mean 09:00-17:00?)",
-        "sales: hours.wed: '9-5' is not a range of HH:MM times, such as 09:00-17:30",
-        "sales: hours.funday: unknown weekday (use mon, tue, wed, thu, fri, sat, sun)",
-        "sales: hours.mon: 09:00-12:00 and 11:30-17:00 overlap",
-        "sales: hours.fri: 22:00-03:00 runs past midnight into sat's 02:00-06:00",
-        "support: hours.sun: 10:00-10:00 is empty: it ends where it starts",
-        "support: in both departments.toml and TRANSFER_TARGETS; keep it in one of them",
-    ]
+    assert raised.value.lines == BROKEN_LINES
+
+
+async def test_python_m_app_refuses_to_start_with_a_broken_file_one_line_per_mistake(tmp_path: Path) -> None:
+    (tmp_path / "departments.toml").write_text(BROKEN)
+    (tmp_path / ".env").write_text("DATA_DIR=data\nTRANSFER_TARGETS=support=+15551230002\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", "--host", "127.0.0.1",
+        cwd=tmp_path, env=environment(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        _, err = await process.communicate()
+    lines = err.decode().splitlines()
+    assert process.returncode == 1
+    assert lines[0] == "Switchboard cannot start; fix these mistakes in departments.toml:"
+    assert lines[1:] == [f"  {line}" for line in BROKEN_LINES]
 
 
 def test_a_file_that_is_not_toml_says_where() -> None:
