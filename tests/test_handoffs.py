@@ -311,3 +311,22 @@ async def test_the_transfer_routes_check_twilios_signature_and_a_dial_action_for
             assert await get_call(conn, caller.call_sid) is None
     finally:
         await store.stop()
+
+
+async def test_without_a_model_are_you_open_on_saturday_is_answered_from_the_schedule_at_the_calls_time(
+    serve, handoff_settings, fake_elevenlabs, twilio_api
+) -> None:
+    clock = CallTimes(MONDAY_NOON)
+    settings = {**handoff_settings, "openai_model": None}
+    async with phone_call(serve, settings, fake_elevenlabs, twilio_api, clock=clock) as phone:
+        clock.at[phone.caller.call_sid] = datetime(2026, 12, 24, 17, 0, tzinfo=UTC)  # Thursday noon, Christmas Eve
+        saturday = await phone.client.ask("are you open on Saturday?")
+        tomorrow = await phone.client.ask("is sales open tomorrow?")
+        now = await phone.client.ask("when is sales open?")
+        await phone.hung_up()
+    assert saturday.text == "Sales (New York time): on Saturday 26 December, closed."
+    assert tomorrow.text == "Sales (New York time): on Friday 25 December, closed (a holiday)."
+    assert now.text == (
+        "Sales is open now, until 5:30 pm, New York time. Its hours are Monday to Friday 9 am to 5:30 pm; "
+        "Saturday and Sunday closed, New York time."
+    )

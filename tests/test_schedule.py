@@ -103,7 +103,7 @@ def test_an_overnight_range_belongs_to_the_day_it_starts() -> None:
     assert is_open(desk, new_york(2026, 11, 21, 1, 59))  # Saturday morning, on Friday's range
     assert not is_open(desk, new_york(2026, 11, 21, 2, 0))
     assert not is_open(desk, new_york(2026, 11, 21, 22, 30))  # Saturday has no range of its own
-    assert spoken.weekly(desk) == "Monday to Thursday closed; Friday 10 pm to 2 am; Saturday to Sunday closed"
+    assert spoken.weekly(desk) == "Monday to Thursday closed; Friday 10 pm to 2 am; Saturday and Sunday closed"
 
 
 def test_around_the_clock_has_no_end() -> None:

@@ -94,7 +94,8 @@ def weekly(department: Department) -> str:
     parts, first = [], 0
     for n in range(1, 8):
         if n == 7 or days[n] != days[first]:
-            names = DAY_NAMES[first] if n - 1 == first else f"{DAY_NAMES[first]} to {DAY_NAMES[n - 1]}"
+            joined = " and " if n - 1 == first + 1 else " to "  # "Saturday and Sunday", "Monday to Friday"
+            names = DAY_NAMES[first] if n - 1 == first else f"{DAY_NAMES[first]}{joined}{DAY_NAMES[n - 1]}"
             parts.append(f"{names} {days[first]}")
             first = n
     return "; ".join(parts)
