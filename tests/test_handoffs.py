@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -43,6 +44,7 @@ wed = "09:00-17:30"
 thu = "09:00-17:30"
 fri = "09:00-17:30"
 """
+PASSWORD = "correct horse battery staple"
 MONDAY_NOON = datetime(2026, 11, 23, 17, 0, tzinfo=UTC)  # 12:00 in New York
 SATURDAY_EVENING = datetime(2026, 11, 21, 23, 0, tzinfo=UTC)  # 18:00 in New York
 DANA = {"name": "Dana Smith", "callback_number": "(415) 555-0100"}
@@ -132,7 +134,8 @@ async def test_nobody_answering_brings_the_caller_back_and_a_message_is_left_for
 ) -> None:
     twilio_api.colleagues[SALES] = Colleague("no_answer")
     fake_model.queue(Reply.text(LINE, tool_calls=[TRANSFER]), Reply(tokens=[]))
-    async with phone_call(serve, handoff_settings, fake_elevenlabs, twilio_api, clock=SetClock(MONDAY_NOON)) as phone:
+    settings = {**handoff_settings, "admin_password": PASSWORD}
+    async with phone_call(serve, settings, fake_elevenlabs, twilio_api, clock=SetClock(MONDAY_NOON)) as phone:
         await phone.client.ask("can I talk to someone about a faster plan?")
         await phone.speak(0.4)
         sid = phone.caller.call_sid
@@ -163,6 +166,9 @@ async def test_nobody_answering_brings_the_caller_back_and_a_message_is_left_for
         await back.hang_up()
         await phone.observed.wait(lambda seen: seen.ended.count(sid) == 2)
         await phone.svc.records.recorder.flushed()
+        async with httpx.AsyncClient(base_url=phone.server.http_url, auth=("admin", PASSWORD)) as browser:
+            page = await browser.get(f"/admin/calls/{sid}")
+    assert "<dt>Transfer</dt><dd>sales: no answer, back to the agent</dd>" in page.text  # the review page
     first, _, message_turn, _ = fake_model.requests
     assert "transfer_call" in [spec["function"]["name"] for spec in first.body["tools"]]
     offered = [spec["function"]["name"] for spec in message_turn.body["tools"]]
