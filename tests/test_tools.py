@@ -469,6 +469,9 @@ def test_the_whisper_says_who_is_calling_and_why_and_waits_for_a_key(tmp_path) -
         ("no-answer", True, "", "no_answer"),
         ("failed", True, "", "failed"),
         ("canceled", True, "", "canceled"),
+        ("no-answer", True, "declined", "declined"),  # the screen said no: however Twilio reports it
+        ("no-answer", True, "voicemail", "voicemail"),
+        ("canceled", True, "accepted", "canceled"),
     ],
 )
 def test_the_result_of_a_dial(status, screen, choice, result) -> None:

@@ -133,12 +133,16 @@ class LocalTransfers:
 
 
 def result_of(status: str, transfer: Transfer) -> str:
-    """The transfer's result from Twilio's DialCallStatus and what the person who answered did."""
+    """The transfer's result from Twilio's DialCallStatus and what the person who answered did. A
+    declined screen or a voicemail ends the called leg before the bridge, which Twilio may report
+    as completed or as no-answer: the choice the whisper saw decides."""
+    if status == "canceled":
+        return "canceled"
+    if transfer.screen and transfer.choice in ("declined", "voicemail"):
+        return transfer.choice
     if status in ANSWERED:
-        if not transfer.screen or transfer.choice == "accepted":
-            return "connected"
-        return "voicemail" if transfer.choice == "voicemail" else "declined"
-    return {"busy": "busy", "failed": "failed", "canceled": "canceled"}.get(status, "no_answer")
+        return "connected" if not transfer.screen or transfer.choice == "accepted" else "declined"
+    return {"busy": "busy", "failed": "failed"}.get(status, "no_answer")
 
 
 def return_line(department: str, result: str, opens: str | None = None) -> str:

@@ -100,8 +100,10 @@ async def _answered(caller: TwilioCaller, hook: Webhook, colleague: Colleague, c
         "Direction": "outbound-dial",
         "ApiVersion": "2010-04-01",
     }
-    if hook.number.get("machineDetection"):
-        form["AnsweredBy"] = "machine_end_beep" if colleague.answers == "voicemail" else "human"
+    detection = hook.number.get("machineDetection")
+    if detection:  # Enable answers at the greeting's start; DetectMessageEnd waits for the beep
+        machine = "machine_start" if detection == "Enable" else "machine_end_beep"
+        form["AnsweredBy"] = machine if colleague.answers == "voicemail" else "human"
     whisper = dialled.whisper = await caller.post(url, form)
     colleague.heard += whisper.said
     if colleague.answers in ("voicemail", "silent", "hangs_up") or not whisper.gather:
