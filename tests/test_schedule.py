@@ -159,6 +159,50 @@ def test_no_hours_in_two_weeks_is_no_next_opening() -> None:
     assert next_opening(desk, now, days=30) == new_york(2026, 12, 7, 9, 0)
 
 
+# --- the file as users write it -----------------------------------------------------------------
+
+# The form the issue gives, verbatim: a contract users write against.
+CONTRACT = """
+[departments.sales]
+number = "+12025550143"
+handles = "new plans, upgrades and prices"   # one line, for the model
+time_zone = "America/New_York"                # IANA
+holidays = ["2026-12-25", "2027-01-01"]
+screen = true                                 # warm transfer (the default)
+
+[departments.sales.hours]                     # a day left out is closed
+mon = "09:00-17:30"
+tue = "09:00-17:30"
+wed = "09:00-17:30"
+thu = "09:00-17:30"
+fri = "09:00-12:00,13:00-17:00"
+sat = "10:00-14:00"
+
+[departments.support]
+number = "+12025550178"
+handles = "outages, equipment and connection problems"
+time_zone = "America/Chicago"
+hours = { mon = "00:00-24:00", tue = "00:00-24:00", wed = "00:00-24:00", thu = "00:00-24:00", fri = "00:00-24:00", sat = "00:00-24:00", sun = "00:00-24:00" }
+"""  # noqa: E501 (the long line as the issue writes it)
+
+
+def test_the_documented_form_reads_as_written() -> None:
+    found = parse_departments(CONTRACT, {}, "departments.toml")
+    sales, support = found["sales"], found["support"]
+    assert list(found) == ["sales", "support"]
+    assert (sales.number, sales.handles, sales.screen) == ("+12025550143", "new plans, upgrades and prices", True)
+    assert (support.number, support.screen, str(support.zone)) == ("+12025550178", True, "America/Chicago")
+    assert sales.holidays == {date(2026, 12, 25), date(2027, 1, 1)}
+    assert spoken.weekly(sales) == (
+        "Monday to Thursday 9 am to 5:30 pm; Friday 9 am to noon and 1 pm to 5 pm; Saturday 10 am to 2 pm; "
+        "Sunday closed"
+    )
+    assert spoken.weekly(support) == "around the clock, every day"
+    friday_lunch = new_york(2026, 11, 27, 12, 30)
+    assert not is_open(sales, friday_lunch) and next_opening(sales, friday_lunch) == new_york(2026, 11, 27, 13, 0)
+    assert is_open(support, friday_lunch)
+
+
 # --- the file: every mistake on a line of its own --------------------------------------------------
 
 
