@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quart import Quart
 
+from app.clock import Clock
 from app.settings import Settings
 
 # A request body must have arrived whole within this: a body trickled in a byte at a time is cut
@@ -12,12 +13,14 @@ from app.settings import Settings
 BODY_TIMEOUT_S = 10
 
 
-def create_app(settings: Settings) -> Quart:
+def create_app(settings: Settings, clock: Clock | None = None) -> Quart:
+    """`clock`: the time opening hours are read against (default: the system's)."""
     from app.admin.routes import admin
     from app.brain.route import brain
     from app.services import Services
     from app.serving.health import health
     from app.telephony.bridge import MediaStreamRoute
+    from app.telephony.handoff import handoff
     from app.telephony.webhook import twilio_webhook
 
     app = Quart(__name__)
@@ -28,11 +31,12 @@ def create_app(settings: Settings) -> Quart:
     # Location from the Host header, which the client chooses. Such a path is simply not found.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
-    services = Services(settings)
+    services = Services(settings, clock)
     app.extensions["switchboard"] = services
     app.register_blueprint(health)
     app.register_blueprint(brain)
     app.register_blueprint(twilio_webhook)
+    app.register_blueprint(handoff)
     app.register_blueprint(admin)
     # Served on bare ASGI in front of Quart: the one route that carries a frame every 20 ms per call.
     app.asgi_app = MediaStreamRoute(app, services.telephony)  # type: ignore[method-assign]

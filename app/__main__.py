@@ -11,6 +11,7 @@ import sys
 import uvloop
 
 from app import create_app
+from app.departments.config import DepartmentsError, load_departments, refusal
 from app.knowledge.store import build_state
 from app.notify import cli as notify_cli
 from app.observability import configure_logging
@@ -94,6 +95,10 @@ def main() -> None:
 
     generated = ensure_env_file()
     settings = load_settings()
+    try:
+        load_departments(settings)  # checked before serving: every mistake, one line each
+    except DepartmentsError as exc:
+        sys.exit(refusal(exc))
     configure_logging(settings.log_level, settings.log_format)
     if generated:
         log.info("wrote %s into .env", " and ".join(generated))

@@ -1,14 +1,23 @@
 """What time it is on a call: the wall clock, unless the call's clock was set.
 
-Call scenarios (`python -m app test-calls`, a scenario's `at:`) set it for the calls they place, so
-what depends on the time of day can be tried at any hour; the time then runs on from there. Code
-that needs the time of a call asks `Services.clock.now(call_sid)`.
+Opening hours are read against one object on `Services`, asked with the call's SID whenever a
+decision is made during a call. Call scenarios (`python -m app test-calls`, a scenario's `at:`) set
+the time of the calls they place, so what depends on the time of day can be tried at any hour; the
+time then runs on from there. Tests and benchmarks may pass a clock of their own
+(`app.testing.clock.SetClock`).
 """
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self, call_sid: str | None = None) -> datetime:
+        """The current time for this call (None: outside any call), timezone-aware."""
+        ...
 
 
 class CallClock:

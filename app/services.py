@@ -15,8 +15,9 @@ from app.brain.prompt import Prompt
 from app.brain.tools import Toolbox
 from app.brain.turn import TurnPipeline
 from app.calls.registry import InProcessCallRegistry
-from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState
-from app.clock import CallClock
+from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState, SharedTransfers
+from app.clock import CallClock, Clock
+from app.departments.directory import Directory
 from app.knowledge.embedding import query_encoder_for
 from app.knowledge.retrieval import Retriever
 from app.notify.delivery import Delivery, notify_status
@@ -31,20 +32,24 @@ log = logging.getLogger("switchboard")
 
 
 class Services:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.clock = CallClock()
+        # The one clock opening hours are read against (tests and scenarios set it).
+        self.clock: Clock = clock or CallClock()
+        self.directory = Directory(settings, self.clock)
         self.llm: LLM | None = None
         self.pipeline: TurnPipeline | None = None
         self.retriever: Retriever | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
         self.telephony = Telephony(settings, self.metrics)
         self.shared: SharedState | None = None
         self.registry: InProcessCallRegistry = InProcessCallRegistry()
         if settings.shared_state:
             self._share(settings.secret("redis_url") or "")
-        self.call_actions = CallActions(settings, self.metrics, self.telephony.calls)
+        self.call_actions = CallActions(
+            settings, self.metrics, self.directory, self.telephony.transfers, self.telephony.calls
+        )
         self.toolbox: Toolbox | None = None
         self.records = RecordsStore(settings, self.metrics, self._embed_question)
         self.delivery = Delivery(settings, self.metrics, self.records.engine, self.records.outbox, self.records.ready)
@@ -59,11 +64,15 @@ class Services:
         slots = SharedSlots(self.shared, settings.max_concurrent_calls, settings.call_lease_seconds)
         self.telephony.slots = slots
         self.telephony.outcomes = SharedOutcomes(self.shared)
+        self.telephony.transfers = SharedTransfers(self.shared)
         self.registry = SharedCallRegistry(
             self.shared, slots, lease_s=settings.call_lease_seconds, max_call_seconds=settings.max_call_seconds
         )
 
     async def start(self) -> None:
+        # Departments with mistakes refuse the start, every mistake on its own line (DepartmentsError).
+        self.directory.load()
+        self._watchers.append(asyncio.create_task(self.directory.watch(), name="departments-watcher"))
         if self.shared is not None:
             await self.shared.start()
             assert isinstance(self.registry, SharedCallRegistry)
@@ -75,10 +84,15 @@ class Services:
             log.warning(line)
         await self.telephony.start()
         await self.call_actions.start()
-        self.toolbox = Toolbox(self.settings, self.metrics, self.registry, self.call_actions, self.records)
+        self.toolbox = Toolbox(
+            self.settings, self.metrics, self.registry, self.call_actions, self.records, self.directory
+        )
         self.telephony.observers.append(self.toolbox)
         if not self.call_actions.transfers:
-            log.info("transfer_call is off: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, PUBLIC_URL, TRANSFER_TARGETS")
+            log.info(
+                "transfer_call is off: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, PUBLIC_URL, and departments "
+                "(DEPARTMENTS_FILE or TRANSFER_TARGETS)"
+            )
         self.llm = LLM(self.settings)
         # Loading the model and the index is blocking work: keep it off the event loop.
         encoder = await asyncio.to_thread(query_encoder_for, self.settings)
@@ -86,8 +100,8 @@ class Services:
         await asyncio.to_thread(self.retriever.load)
         if not self.retriever.ready:
             log.warning("not ready: %s", self.retriever.error)
-        self._watcher = asyncio.create_task(self.retriever.watch(), name="index-watcher")
-        self.pipeline = TurnPipeline(self.settings, self.llm, Prompt(self.settings), self.retriever)
+        self._watchers.append(asyncio.create_task(self.retriever.watch(), name="index-watcher"))
+        self.pipeline = TurnPipeline(self.settings, self.llm, Prompt(self.settings, self.directory), self.retriever)
         if not self.settings.brain_auth_configured:
             log.warning("brain /ws refuses every connection: set SHARED_SECRET or ELEVENLABS_API_KEY")
         if not self.llm.enabled:
@@ -102,10 +116,10 @@ class Services:
         await self.records.stop()
         if self.shared is not None:
             await self.shared.close()
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for watcher in self._watchers:
+            watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+                await watcher
         if self.retriever is not None:
             self.retriever.close()
         if self.llm is not None:

@@ -38,7 +38,7 @@ _DATABASE_SCHEMES = {
 }
 DEFAULT_GREETING = "Thanks for calling {COMPANY_NAME}. How can I help?"
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-_DEPARTMENT = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+DEPARTMENT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _EMAIL = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+$")
 _MAX_URL = 1000
 
@@ -101,7 +101,12 @@ class Settings(BaseSettings):
     # What the caller hears at pickup; {COMPANY_NAME} is filled in; empty (GREETING=) means none.
     greeting: str = Field(DEFAULT_GREETING, max_length=300)
     agent_instructions_file: Path | None = None
+    # Departments: numbers, what each handles, opening hours, screening (`app.departments`). A file
+    # that is not there is no departments; TRANSFER_TARGETS adds always-open, unscreened ones.
+    departments_file: Path | None = Path("departments.toml")
     transfer_targets: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # How long a transfer rings before the caller comes back to the agent (Twilio's <Dial timeout>).
+    ring_seconds: int = Field(25, ge=1, le=600)
 
     # Limits
     max_concurrent_calls: int = Field(20, ge=1)
@@ -250,7 +255,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_targets(cls, value: dict[str, str]) -> dict[str, str]:
         for name, number in value.items():
-            if not _DEPARTMENT.match(name):
+            if not DEPARTMENT_NAME.match(name):
                 raise ValueError(f"department name {name!r}: use lower-case letters, digits, - or _")
             if not E164.match(number):
                 raise ValueError(f"number for {name!r} ({number!r}) is not E.164, write it like +15551230001")

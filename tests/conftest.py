@@ -90,10 +90,11 @@ def running() -> Iterator[list[Any]]:
 @pytest.fixture
 def checkout(tmp_path: Path, shared_data_dir: Path, kb_index: Path) -> Path:
     """A fresh clone after `make run`, for commands run as a new user runs them (the index ingested
-    once per test session; `make run` would build it the same way if it were missing)."""
+    once per test session; `make run` would build it the same way if it were missing). Its
+    departments are open around the clock: what a call does must not depend on when it runs."""
     from tests.support.make_call import checkout as make_checkout
 
-    return make_checkout(tmp_path / "checkout", shared_data_dir, kb_index)
+    return make_checkout(tmp_path / "checkout", shared_data_dir, kb_index, always_open=True)
 
 
 @pytest.fixture
@@ -106,6 +107,7 @@ def make_settings(shared_data_dir: Any, kb_index: Path) -> Callable[..., Setting
             "data_dir": shared_data_dir,
             "index_dir": kb_index,
             "log_level": "DEBUG",
+            "departments_file": None,  # departments come from each test (TRANSFER_TARGETS, or a file of its own)
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)
@@ -121,10 +123,11 @@ async def fake_model() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 def serve(make_settings: Callable[..., Settings]) -> Callable[..., Any]:
-    """`async with serve(**settings) as server:` runs the real app on 127.0.0.1 and a free port."""
+    """`async with serve(**settings) as server:` runs the real app on 127.0.0.1 and a free port
+    (`clock=SetClock(...)`: the time opening hours are read against)."""
 
-    def start(**overrides: Any) -> LiveServer:
-        return LiveServer(create_app(make_settings(**overrides)))
+    def start(clock: Any = None, **overrides: Any) -> LiveServer:
+        return LiveServer(create_app(make_settings(**overrides), clock))
 
     return start
 

@@ -9,22 +9,17 @@ from dataclasses import replace
 
 import pytest
 
+from app.brain.tools import CALL_LIMITS
+from app.brain.tools.end_call import NAME as END_TOOL
+from app.brain.tools.take_message import NAME as MESSAGE_TOOL
+from app.brain.tools.transfer_call import NAME as TRANSFER_TOOL
 from app.calls.control import EndReason
-from app.calls.registry import (
-    CALL_LIMITS,
-    END_TOOL,
-    MESSAGE_TOOL,
-    TRANSFER_TOOL,
-    ActionTimings,
-    CallAction,
-    InProcessCallRegistry,
-    Line,
-)
+from app.calls.registry import ActionTimings, CallAction, InProcessCallRegistry, Line
 from tests.support.calls import CALLER, FAST, OTHER_SID, SID, Actions, Stream, after_now
 
 
 def registry() -> InProcessCallRegistry:
-    return InProcessCallRegistry(timings=FAST)
+    return InProcessCallRegistry(CALL_LIMITS, timings=FAST)
 
 
 async def test_brain_first_waits_for_the_bridge() -> None:
@@ -101,7 +96,7 @@ SLOWER = replace(FAST, settle=FAST.settle * 20, audio_poll=FAST.audio_poll * 4)
 @asynccontextmanager
 async def twin(actions: Actions) -> AsyncIterator[Callable[[], Awaitable[None]]]:
     """`await acted()`: a heard line's action, on a call in a slower registry, has run."""
-    calls = InProcessCallRegistry(timings=SLOWER)
+    calls = InProcessCallRegistry(CALL_LIMITS, timings=SLOWER)
     calls.executor = actions
     stream = Stream(OTHER_SID, "conv_twin")
     await calls.call_started(stream.control)
@@ -196,7 +191,7 @@ async def test_a_line_started_elsewhere_is_placed_by_its_wall_clock_time() -> No
 
 
 async def test_a_line_without_audio_acts_after_a_bounded_wait() -> None:
-    calls = InProcessCallRegistry(timings=ActionTimings(line_start_timeout=0.05, settle=0.01, audio_poll=0.005))
+    calls = InProcessCallRegistry(CALL_LIMITS, ActionTimings(line_start_timeout=0.05, settle=0.01, audio_poll=0.005))
     calls.executor = actions = Actions()
     stream = Stream()
     await calls.call_started(stream.control)

@@ -16,6 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from app.calls.control import CallControl
 from app.settings import Settings
 from app.testing.fake_openai import FakeOpenAI, Reply
@@ -27,12 +29,20 @@ from app.testing.scenarios.runner import switchboard
 from app.testing.scenarios.suite import run
 from ingest.pipeline import run_ingest
 from tests.support.config import sample_targets
+from tests.support.make_call import checkout as make_checkout
 from tests.support.make_call import environment
 from tests.support.make_call import run as run_command
 from tests.support.paths import CALLS, KNOWLEDGE
 from tests.support.processes import as_a_terminal_starts_it, descendants, running
 
 SUITE_TIMEOUT_S = 600
+
+
+@pytest.fixture
+def checkout(tmp_path: Path, shared_data_dir: Path, kb_index: Path) -> Path:
+    """A fresh clone after `make run`, with the sample's departments and their real opening hours:
+    a scenario that depends on them says when it happens (`at:`)."""
+    return make_checkout(tmp_path / "checkout", shared_data_dir, kb_index)
 
 
 def scenarios(tmp_path: Path, text: str) -> list[Scenario]:

@@ -61,8 +61,8 @@ def test_the_sanitisers_marker_is_not_kept() -> None:
 
 
 def test_the_sanitisers_marker_is_never_read_out() -> None:
-    from app.brain.documents_only import _name
     from app.brain.speech_filter import SpeechFilter
+    from app.brain.tools.take_message import _name
 
     spoken = SpeechFilter()
     said = spoken.feed("Thank you, [caller's ") + spoken.feed("words] Sam. What number") + spoken.flush()

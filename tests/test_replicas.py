@@ -27,6 +27,7 @@ from app.testing.fake_elevenlabs import FakeConversation
 from app.testing.fake_openai import Reply
 from app.testing.speech_engine import SpeechEngineClient
 from app.testing.twilio_caller import TwilioCaller, ulaw_frames
+from app.testing.twilio_dial import Colleague
 from tests.support.config import ACCOUNT_SID, API_KEY, ENGINE_ID, PUBLIC_URL, SECRET, TARGETS, TWILIO_TOKEN
 from tests.support.phone import CallUpdates, dialled, speak, tool_names, tool_results
 from tests.support.processes import children, running
@@ -326,3 +327,58 @@ async def test_workers_run_as_replicas_on_one_port_and_stop_together(replica_env
         assert not any(running(pid) for pid in workers)
     finally:
         server.stop()
+
+
+SALES = "+12025550143"
+AROUND_THE_CLOCK = ", ".join(f'{day} = "00:00-24:00"' for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
+
+
+async def test_a_caller_nobody_in_sales_answers_comes_back_to_the_agent_on_either_replica(
+    replica_env, fake_elevenlabs, fake_model, twilio_api, tmp_path
+) -> None:
+    """Each call's whisper, dial action and new stream reach the replica that did not hold it."""
+    departments = tmp_path / "departments.toml"
+    departments.write_text(
+        f'[departments.sales]\nnumber = "{SALES}"\ntime_zone = "America/New_York"\nhours = {{ {AROUND_THE_CLOCK} }}\n'
+    )
+    twilio_api.colleagues[SALES] = Colleague("no_answer")
+    fake_elevenlabs.engine["overrides"] = {"first_message": True}
+    env = {**replica_env, "TRANSFER_TARGETS": "", "DEPARTMENTS_FILE": str(departments), "RING_SECONDS": "1"}
+    async with cluster(env, tmp_path) as front:
+        for stream, back in ((0, 1), (1, 0)):
+            said, returned = await nobody_answers(front, fake_elevenlabs, fake_model, twilio_api, stream, back)
+            assert said.startswith("Sorry, nobody in sales could take your call just now.")
+            assert returned.webhook is not None and returned.webhook.parameters["transfer"] == "sales:no_answer"
+    assert [dial.status for dial in twilio_api.dials] == ["no-answer", "no-answer"]
+
+
+async def nobody_answers(
+    front: Cluster, fake: Any, model: Any, api: Any, stream: int, back: int
+) -> tuple[str, TwilioCaller]:
+    """A call on replica `stream` asks for sales, nobody answers, and the whisper, the dial action
+    and the new stream reach replica `back`: what the agent says first there, and that stream."""
+    line = "Of course, I'll put you through to our sales team now."
+    model.queue(Reply.text(line, tool_calls=[("transfer_call", '{"department": "sales"}')]), Reply(tokens=[]))
+    where = {"/incoming-call": stream, "/media-stream": stream}  # the rest: `back`
+    async with TwilioCaller(
+        front.url, PUBLIC_URL, TWILIO_TOKEN, realtime=True, api=api, route=lambda path: pin(where.get(path, back))
+    ) as caller:
+        assert (await caller.dial()).verbs == ["Connect"]
+        await caller.open_stream()
+        await caller.connected()
+        await caller.start()
+        first = 2 * len(api.dials)  # each call before had two conversations: its first, and the one back
+        conv = await fake.conversation(first)
+        headers = {"x-call-sid": caller.call_sid, **pin(stream)}
+        async with await SpeechEngineClient.open(
+            f"{front.ws_url}/ws", api_key=API_KEY, shared_secret=SECRET, headers=headers
+        ) as client:
+            await client.init(conv.conversation_id)
+            assert (await client.ask("can I talk to someone about a faster plan?")).text == line
+            where["/media-stream"] = back  # where Twilio's next stream on this call goes
+            await speak(conv, 0.4, event_id=1)
+            returned = await api.leg(caller.call_sid)
+            again = await fake.conversation(first + 1)
+            await returned.wait_for(lambda: bool(returned.media))  # the agent's first words, heard
+            await returned.hang_up()
+    return again.initiation["conversation_config_override"]["agent"]["first_message"], returned

@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from app.brain.tools import CALL_LIMITS
+from app.brain.tools.end_call import NAME as END_TOOL
+from app.brain.tools.transfer_call import NAME as TRANSFER_TOOL
 from app.calls.control import EndReason
-from app.calls.registry import END_TOOL, TRANSFER_TOOL, CallAction
+from app.calls.registry import CallAction
 from app.calls.shared import PREFIX, SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState
 from tests.support.calls import CALLER, FAST, OTHER_SID, SID, Actions, Stream, after_now
 from tests.support.servers import RedisServer
@@ -29,7 +32,7 @@ async def replica(
     state = SharedState(redis.url)
     await state.start()
     slots = SharedSlots(state, limit, LEASE_S)
-    registry = SharedCallRegistry(state, slots, lease_s=LEASE_S, max_call_seconds=60, timings=FAST)
+    registry = SharedCallRegistry(state, slots, lease_s=LEASE_S, max_call_seconds=60, limits=CALL_LIMITS, timings=FAST)
     await registry.start()
     try:
         yield state, slots, registry

@@ -6,22 +6,30 @@ import asyncio
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.brain.llm import MAX_TOOL_ARGUMENT_CHARS, MAX_TOOL_CALLS, ToolCall, _ToolCallParts
-from app.brain.prompt import TOOL_RULES, Prompt
-from app.brain.tools import CallTools, Toolbox
+from app.brain.prompt import Prompt
+from app.brain.tools import BY_NAME, TOOLS, CallTools, Toolbox
 from app.calls.control import EndReason
-from app.calls.registry import END_TOOL, MESSAGE_TOOL, TRANSFER_TOOL, InProcessCallRegistry
+from app.calls.registry import CallAction, InProcessCallRegistry
+from app.departments.directory import Directory
 from app.observability import Metrics
 from app.records.store import RecordsStore
 from app.settings import Settings
-from app.telephony.call_actions import CallActions, after_dial_twiml, transfer_twiml
+from app.telephony.call_actions import CallActions, after_dial_twiml
+from app.telephony.transfers import LocalTransfers, Transfer, result_of, transfer_twiml, whisper_text, whisper_twiml
+from app.testing.clock import SetClock
 from tests.support.calls import CALLER, FAST, SID, Stream
 from tests.support.config import PUBLIC_URL, TARGETS, UNLISTED
+
+TRANSFER_TOOL, END_TOOL, MESSAGE_TOOL, GAP_TOOL = (tool.name for tool in TOOLS)
+MONDAY_NOON = datetime(2026, 11, 23, 17, 0, tzinfo=UTC)  # noon in New York
 
 PHONE = {
     "twilio_account_sid": "AC" + "0" * 32,
@@ -34,19 +42,26 @@ PHONE = {
 class RecordingActions(CallActions):
     """Twilio REST actions that record instead of calling Twilio."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        super().__init__(settings, metrics)
+    def __init__(self, settings: Settings, metrics: Metrics, directory: Directory) -> None:
+        super().__init__(settings, metrics, directory, LocalTransfers())
         self.transfers_made: list[tuple[str, str, str | None]] = []
         self.done = asyncio.Event()
 
-    async def transfer(self, call_sid: str, department: str, say: str | None = None) -> bool:
-        self.transfers_made.append((call_sid, department, say))
+    async def transfer(self, call_sid: str, caller: str, action: CallAction) -> bool:
+        assert action.department is not None
+        self.transfers_made.append((call_sid, action.department, action.say))
         self.done.set()
         return True
 
 
 def settings(tmp_path, **values: Any) -> Settings:
-    return Settings(_env_file=None, data_dir=tmp_path, **values)
+    return Settings(_env_file=None, data_dir=tmp_path, **{"departments_file": None, **values})
+
+
+def directory(s: Settings, at: datetime = MONDAY_NOON) -> Directory:
+    found = Directory(s, SetClock(at))
+    found.load()
+    return found
 
 
 @pytest.fixture
@@ -65,7 +80,8 @@ async def toolbox() -> AsyncIterator[Callable[..., Awaitable[tuple[Toolbox, InPr
             await records.start()
             async with asyncio.timeout(30):
                 await records.ready.wait()
-        return Toolbox(s, metrics, registry, RecordingActions(s, metrics), records), registry
+        departments = directory(s)
+        return Toolbox(s, metrics, registry, RecordingActions(s, metrics, departments), records, departments), registry
 
     yield make
     for records in stores:
@@ -137,9 +153,9 @@ async def test_tools_are_offered_only_when_their_prerequisites_hold(
         tools = box.conversation(None)
         await tools.begin_turn(turn())
     assert tools.offered == offered
-    system = Prompt(box.settings).system_for(offered)
-    for name, rule in TOOL_RULES.items():
-        assert (rule in system) == (name in offered)
+    system = Prompt(box.settings, box.directory).system_for(offered)
+    for name, tool in BY_NAME.items():
+        assert (tool.rule in system) == (name in offered)
 
 
 async def test_a_call_over_or_transferred_offers_no_call_tools(tmp_path, toolbox) -> None:
@@ -178,7 +194,7 @@ async def test_a_valid_transfer_waits_for_the_line_then_dials_the_configured_dep
     stream = Stream()
     tools = await on_call(box, registry, stream)
     (result,) = await tools.run([call(TRANSFER_TOOL, {"department": "support"})])
-    assert json.loads(result)["ok"] is True and tools.line is not None
+    assert json.loads(result)["ok"] is True and tools.armed_line is not None
     tools.end_turn()
     mark = stream.play()
     assert box.actions.transfers_made == []  # type: ignore[attr-defined]
@@ -300,10 +316,10 @@ async def test_a_turn_sent_again_gets_its_first_attempts_effects_and_a_new_turn_
     # The engine gave up waiting and sent the same words again: the same tools are offered (the
     # transfer is used up on the call, but not for this turn), and asking again changes nothing.
     assert await tools.begin_turn(turn()) == (TRANSFER_TOOL, END_TOOL, MESSAGE_TOOL)
-    assert tools.line is None
+    assert tools.armed_line is None
     again = await tools.run([call(MESSAGE_TOOL, MESSAGE), call(TRANSFER_TOOL, {"department": "sales"})])
     assert tools.labels == ["repeated", "repeated"] and again == first
-    assert tools.line is not None  # the transfer is under way: said if the model says nothing
+    assert tools.armed_line is not None  # the transfer is under way: said if the model says nothing
     assert len(await box.records.messages.since()) == 1  # type: ignore[union-attr]
     tools.end_turn()
     stream.control.mark_echoed(stream.play())
@@ -390,30 +406,88 @@ async def test_keypad_does_nothing_without_transfers(tmp_path, toolbox) -> None:
 # --- TwiML ------------------------------------------------------------------------------------
 
 
-def test_transfer_twiml_dials_the_configured_number_with_an_action(tmp_path) -> None:
-    root = ET.fromstring(str(transfer_twiml(settings(tmp_path, **PHONE), "sales", "Connecting you now.")))
+SALES_FILE = """
+[departments.sales]
+number = "+12025550143"
+handles = "new plans"
+time_zone = "America/New_York"
+hours = { mon = "09:00-17:00" }
+"""
+
+
+def test_a_screened_transfer_rings_with_a_whisper_and_an_action(tmp_path) -> None:
+    (tmp_path / "departments.toml").write_text(SALES_FILE)
+    s = settings(tmp_path, **{**PHONE, "transfer_targets": {}}, departments_file=tmp_path / "departments.toml")
+    sales = directory(s).departments["sales"]
+    root = ET.fromstring(str(transfer_twiml(s, sales, SID, "Connecting you now.")))
     assert [child.tag for child in root] == ["Say", "Dial"]
     dial = root.find("Dial")
-    assert dial is not None and dial.text == TARGETS["sales"]
+    assert dial is not None and dial.get("timeout") == "25" and dial.get("answerOnBridge") == "true"
     assert dial.get("action") == f"{PUBLIC_URL}/dial-action?department=sales"
-    with pytest.raises(KeyError):
-        transfer_twiml(settings(tmp_path, **PHONE), UNLISTED)
+    (number,) = dial.iter("Number")
+    assert number.text == "+12025550143" and number.get("machineDetection") == "Enable"
+    assert number.get("url") == f"{PUBLIC_URL}/transfer/whisper?call={SID}&department=sales"
+
+
+def test_an_unscreened_department_gets_a_plain_dial(tmp_path) -> None:
+    s = settings(tmp_path, **PHONE, ring_seconds=7)
+    root = ET.fromstring(str(transfer_twiml(s, directory(s).departments["support"], SID)))
+    (number,) = root.iter("Number")
+    assert number.text == TARGETS["support"] and number.get("url") is None
+    assert root.find("Dial").get("timeout") == "7"  # type: ignore[union-attr]
+
+
+def test_the_whisper_says_who_is_calling_and_why_and_waits_for_a_key(tmp_path) -> None:
+    s = settings(tmp_path, **PHONE)
+    told = Transfer(
+        SID, "sales", CALLER, True, reason=whisper_text("my card 4111 1111 1111 1111 was charged twice", 200)
+    )
+    root = ET.fromstring(str(whisper_twiml(s, told, "human")))
+    assert [child.tag for child in root] == ["Gather", "Hangup"]  # no key: declined
+    gather = root.find("Gather")
+    assert gather is not None and gather.get("numDigits") == "1"
+    assert gather.get("action") == f"{PUBLIC_URL}/transfer/screen?call={SID}&department=sales"
+    said = gather.findtext("Say", "")
+    assert "a caller on 4 1 5, 5 5 5, 0 1 0 0" in said and "Press 1 to take the call" in said
+    assert "[card number]" in said and "4111" not in said
+    named = ET.fromstring(str(whisper_twiml(s, replace(told, name="Dana Smith"), "")))
+    assert "from Dana Smith, calling from 4 1 5" in named.findtext("Gather/Say", "")
+    machine = ET.fromstring(str(whisper_twiml(s, told, "machine_end_beep")))
+    assert [child.tag for child in machine] == ["Hangup"]  # a voicemail hears nothing about the caller
 
 
 @pytest.mark.parametrize(
-    ("status", "fallback", "department", "verbs", "dialled"),
+    ("status", "screen", "choice", "result"),
     [
-        ("completed", "+15550001111", "sales", ["Hangup"], []),
-        ("busy", "+15550001111", "sales", ["Say", "Dial", "Hangup"], ["+15550001111"]),
-        ("no-answer", None, "sales", ["Say", "Hangup"], []),
-        ("failed", TARGETS["sales"], "sales", ["Say", "Hangup"], []),  # the fallback is the number that failed
-        ("failed", "+15550001111", UNLISTED, ["Say", "Dial", "Hangup"], ["+15550001111"]),
+        ("completed", True, "accepted", "connected"),
+        ("completed", True, "", "declined"),  # answered, then hung up or pressed nothing
+        ("completed", True, "declined", "declined"),
+        ("completed", True, "voicemail", "voicemail"),
+        ("completed", False, "", "connected"),  # unscreened: answering is taking it
+        ("answered", True, "accepted", "connected"),
+        ("busy", True, "", "busy"),
+        ("no-answer", True, "", "no_answer"),
+        ("failed", True, "", "failed"),
+        ("canceled", True, "", "canceled"),
+        ("no-answer", True, "declined", "declined"),  # the screen said no: however Twilio reports it
+        ("no-answer", True, "voicemail", "voicemail"),
+        ("canceled", True, "accepted", "canceled"),
     ],
 )
-def test_after_the_dial(tmp_path, status, fallback, department, verbs, dialled) -> None:
-    root = ET.fromstring(
-        str(after_dial_twiml(settings(tmp_path, **PHONE, fallback_number=fallback), status, department))
-    )
+def test_the_result_of_a_dial(status, screen, choice, result) -> None:
+    assert result_of(status, Transfer(SID, "sales", CALLER, screen, choice=choice)) == result
+
+
+@pytest.mark.parametrize(
+    ("status", "fallback", "verbs", "dialled"),
+    [
+        ("completed", "+15550001111", ["Hangup"], []),
+        ("busy", "+15550001111", ["Say", "Dial", "Hangup"], ["+15550001111"]),
+        ("no-answer", None, ["Say", "Hangup"], []),
+    ],
+)
+def test_a_dial_with_no_transfer_of_ours_never_leaves_silence(tmp_path, status, fallback, verbs, dialled) -> None:
+    root = ET.fromstring(str(after_dial_twiml(settings(tmp_path, **PHONE, fallback_number=fallback), status)))
     assert [child.tag for child in root] == verbs
     assert [(d.text or "").strip() for d in root.iter("Dial")] == dialled
 
@@ -471,11 +545,12 @@ async def test_transfer_redirects_the_call_through_the_rest_api(tmp_path, token)
 
     async with FakeTwilioApi(PHONE["twilio_account_sid"], "token") as api:
         s = settings(tmp_path, **{**PHONE, "twilio_auth_token": token, "twilio_api_base_url": api.base_url})
-        actions = CallActions(s, Metrics())
+        transfers = LocalTransfers()
+        actions = CallActions(s, Metrics(), directory(s), transfers)
         await actions.start()
         try:
-            done = await actions.transfer(SID, "sales")
-            unknown = await actions.transfer(SID, UNLISTED)
+            done = await actions.transfer(SID, CALLER, CallAction("transfer", "sales", reason="a new plan"))
+            unknown = await actions.transfer(SID, CALLER, CallAction("transfer", UNLISTED))
         finally:
             await actions.aclose()
     outcome = "redirected" if token == "token" else "failed"
@@ -484,6 +559,13 @@ async def test_transfer_redirects_the_call_through_the_rest_api(tmp_path, token)
     assert done is (token == "token") and unknown is False
     if done:
         ((sid, form),) = api.call_updates
-        assert sid == SID and ET.fromstring(form["Twiml"]).findtext("Dial") == TARGETS["sales"]
+        assert sid == SID and ET.fromstring(form["Twiml"]).findtext("Dial/Number") == TARGETS["sales"]
     else:
         assert api.call_updates == []
+    # What the whisper and the dial action need is recorded before Twilio is asked (then refused or not).
+    recorded = await transfers.get(SID)
+    assert recorded is not None and (recorded.department, recorded.reason, recorded.caller) == (
+        "sales",
+        "a new plan",
+        CALLER,
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.brain.prompt import REFERENCE_OPEN
-from app.brain.tools import GAP_TOOL
+from app.brain.tools.report_unanswered_question import NAME as GAP_TOOL
 from app.brain.turn import CANNOT_DO
 from app.calls.control import EndReason
 from app.testing.fake_openai import Reply
@@ -71,7 +71,7 @@ async def test_a_caller_asking_for_a_person_hears_the_line_then_is_redirected_on
         "arguments": '{"department": "sales"}',
     }
     (result,) = tool_results(second)
-    assert result["ok"] is True and "transferred to sales" in result["result"]
+    assert result["ok"] is True and "put through to sales" in result["result"]
     assert tool_names(stranger_request) == ["take_message", GAP_TOOL]
 
 
@@ -120,12 +120,13 @@ async def test_dtmf_zero_transfers_to_the_default_department_without_the_model(
         await phone.caller.wait_closed()  # the redirect ended the stream
         await phone.svc.registry.close()  # the keypad's claims run on the registry's tasks
         refused = phone.counted("switchboard_tool_calls_total", tool="transfer_call", outcome="keypad_refused")
-        # Twilio then runs the redirect's <Dial> and calls its action with how the dial went.
+        # Twilio then runs the redirect's <Dial> (nobody is set up at the number in the stand-in, so
+        # the test plays Twilio) and calls its action with how the dial went.
         (_, form), *_ = twilio_api.call_updates
         action = dialled(form)[2][0]
         caller = phone.caller
         busy = await caller.post(action, caller.form(DialCallStatus="busy", CallStatus="in-progress"))
-        answered = await caller.post(action, caller.form(DialCallStatus="completed", CallStatus="in-progress"))
+        again = await caller.post(action, caller.form(DialCallStatus="completed", CallStatus="in-progress"))
         forged = await caller.post(action, caller.form(DialCallStatus="busy"), signature="bm90IHR3aWxpbw==")
     ((sid, form),) = twilio_api.call_updates
     verbs, numbers, actions = dialled(form)
@@ -134,8 +135,10 @@ async def test_dtmf_zero_transfers_to_the_default_department_without_the_model(
     assert "support" in ET.fromstring(form["Twiml"]).findtext("Say", "")
     assert refused == 1
     assert fake_model.requests == []
-    assert busy.verbs == ["Say", "Dial", "Hangup"] and busy.dialled == ["+15550001111"]
-    assert answered.verbs == ["Hangup"]
+    # Busy: back to the agent on a new stream of the same call (not FALLBACK_NUMBER), which says why.
+    assert busy.verbs == ["Connect"] and busy.parameters["transfer"] == "support:busy"
+    assert busy.parameters["say"].startswith("Sorry, the support line is busy just now.")
+    assert again.verbs == ["Connect"] and again.parameters["transfer"] == "support:busy"  # arriving again: the same
     assert forged.status == 403
 
 

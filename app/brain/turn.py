@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from app.brain.documents_only import DocumentsOnlyTools
+from app.brain.documents_only import DocumentsOnly
 from app.brain.holding import HOLD_LINE, hold_after, holding
 from app.brain.llm import LLM, LLMError, ToolCall
 from app.brain.prompt import Prompt
@@ -30,7 +30,7 @@ from app.brain.sanitise import HOSTILE_FLAGS, SanitisedTranscript, sanitise_tran
 from app.brain.small_talk import small_talk
 from app.brain.speech_filter import SpeechFilter
 from app.brain.spoken_fallback import CANNOT_LOOK_UP, NO_ANSWER, extractive_answer
-from app.brain.tools import ACTED, GAP_TOOL, CallTools
+from app.brain.tools import ACTED, BY_NAME, CallTools
 from app.knowledge.retrieval import Passage, Retrieval, Retriever
 from app.observability import Metrics
 from app.records.events import TurnDone
@@ -153,7 +153,7 @@ class TurnPipeline:
         self.llm = llm
         self.prompt = prompt
         self.retriever = retriever
-        self.documents_only = DocumentsOnlyTools(settings)
+        self.documents_only = DocumentsOnly(settings, prompt.directory)
         self.hold_after = hold_after(settings.cascade_timeout_seconds)
 
     async def answer(
@@ -223,7 +223,7 @@ class TurnPipeline:
             return
         query, record.follow_up = retrieval_query(clean)
         turn = (clean.turn, clean.utterance)
-        if not self.llm.enabled and tools is not None:
+        if not self.llm.enabled:
             line = await self.documents_only.act(clean, turn, tools, record.tool)
             if line is not None:
                 record.outcome, record.fallback = "documents_only", "no model"
@@ -263,7 +263,9 @@ class TurnPipeline:
         tools were offered by `CallTools.begin_turn`, run while retrieval ran."""
         offered = tools.offered if tools is not None else ()
         specs = tools.box.specs(offered) if tools is not None and offered else None
-        messages = self.prompt.messages(clean, retrieval, offered)
+        returned = tools.call.returned if tools is not None and tools.call is not None else None
+        call_sid = tools.known_call_sid if tools is not None else None
+        messages = self.prompt.messages(clean, retrieval, offered, returned, call_sid)
         spoke = acted = False
         tail = " "  # the last character spoken so far
         for round_no in range(MAX_TOOL_ROUNDS + 1):
@@ -289,7 +291,7 @@ class TurnPipeline:
             except LLMError as exc:
                 log.warning("model failed: %s", exc.reason)
                 record.outcome, record.fallback = "fallback", exc.reason
-                line = tools.line if tools is not None else None
+                line = tools.armed_line if tools is not None else None
                 if line is not None:
                     if not spoke:
                         yield line  # a transfer or goodbye is under way: say that, nothing else
@@ -310,8 +312,8 @@ class TurnPipeline:
             for call, label in zip(calls, tools.labels, strict=True):
                 record.tool(call.name, label)
             record.unanswered = tools.unanswered or record.unanswered
-            if spoke and all(call.name == GAP_TOOL for call in calls):
-                break  # the answer is said; noting the gap needs nothing more from the model
+            if spoke and not any(BY_NAME[c.name].needs_reply if c.name in BY_NAME else True for c in calls):
+                break  # the answer is said; noting a gap needs nothing more from the model
             acted = acted or any(label in ACTED for label in tools.labels)
             messages = [
                 *messages,
@@ -319,7 +321,7 @@ class TurnPipeline:
                 *({"role": "tool", "tool_call_id": c.id, "content": r} for c, r in zip(calls, results, strict=True)),
             ]
         if not spoke:
-            line = tools.line if tools is not None else None
+            line = tools.armed_line if tools is not None else None
             yield line or (DONE if acted else CANNOT_DO)
 
     async def _documents_answer(

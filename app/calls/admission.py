@@ -1,7 +1,9 @@
 """Admission control: at most MAX_CONCURRENT_CALLS calls at once.
 
 The webhook reserves a slot, the media stream claims it, the call's end releases it; a reservation
-no stream claims lapses with the call token (TTL_S). This is the count of one process; with several
+no stream claims lapses with the call token (TTL_S). A call coming back to the agent after a
+transfer reserves again for its new stream (while its old stream is still live, whatever the count:
+it keeps its place). This is the count of one process; with several
 replicas `app.calls.shared.SharedSlots` keeps it in Redis.
 """
 
@@ -45,9 +47,9 @@ class CallSlots:
 
     async def reserve(self, call_sid: str) -> bool:
         self._purge()
-        if call_sid in self._reserved or call_sid in self._live:
+        if call_sid in self._reserved:
             return True
-        if len(self._reserved) + len(self._live) >= self.limit:
+        if call_sid not in self._live and len(self._reserved) + len(self._live) >= self.limit:
             return False
         self._reserved[call_sid] = self._clock() + TTL_S
         return True

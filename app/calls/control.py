@@ -16,6 +16,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -24,7 +25,9 @@ PROGRESS_HISTORY = 64
 
 class EndReason(enum.StrEnum):
     CALLER_HUNG_UP = "caller_hung_up"  # Twilio sent stop
-    TRANSFERRED = "transferred"  # a REST redirect put the caller through to a colleague (Twilio sent stop)
+    # A REST redirect took the call off this stream (Twilio sent stop): to ring a colleague, or back to
+    # the agent on a new stream. The call goes on; its record ends when the call does.
+    TRANSFERRED = "transferred"
     AGENT_ENDED = "agent_ended"  # ElevenLabs closed the conversation normally
     REQUESTED = "requested"  # CallControl.end(): the agent said goodbye, or a tool ended the stream
     MAX_DURATION = "max_duration"  # MAX_CALL_SECONDS reached
@@ -55,6 +58,23 @@ _NORMAL = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class Returned:
+    """A call back with the agent on a new stream after a transfer to `department` ended in `result`
+    (no_answer, busy, declined, voicemail, failed), or was refused because it was `closed`."""
+
+    department: str
+    result: str
+
+    def encode(self) -> str:
+        return f"{self.department}:{self.result}"
+
+    @classmethod
+    def decode(cls, text: str | None) -> Returned | None:
+        department, sep, result = (text or "").partition(":")
+        return cls(department, result) if sep and department and result else None
+
+
 class CallEnded(Exception):
     """Raised by a leg of the bridge to end its call: the call's other tasks are cancelled."""
 
@@ -82,10 +102,13 @@ SendMark = Callable[[str], Awaitable[bool]]
 class CallControl:
     """Stream control for one call: marks, what the caller has heard, and a graceful end."""
 
-    def __init__(self, call_sid: str, stream_sid: str, caller: str, send_mark: SendMark) -> None:
+    def __init__(
+        self, call_sid: str, stream_sid: str, caller: str, send_mark: SendMark, returned: Returned | None = None
+    ) -> None:
         self.call_sid = call_sid
         self.stream_sid = stream_sid
         self.caller = caller
+        self.returned = returned  # this stream brought the call back from a transfer
         self.started_at = datetime.now(UTC)
         self.conversation_id: str | None = None
         self.greeting: str | None = None  # what the agent said first, if anything

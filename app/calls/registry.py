@@ -5,7 +5,8 @@ from the `x-call-sid` header (when `make configure` set it up) and the conversat
 Bridge and brain hear about a call in either order, so a lookup may wait a bounded time.
 
 Per-call tool limits live on the call, not on a brain conversation, so no number of conversations
-or turns can exceed them; a claim is atomic. Actions (transfer, hang up) are values: they are
+or turns can exceed them; a claim is atomic. The limits are the tools' (`app.brain.tools.registry`
+installs them). Actions (transfer, hang up, back to the agent) are values: they are
 carried out where the call's media stream is, once the caller has heard the line that announced
 them, by the executor the tools register. The wait is cancelled when the call ends; an action
 already sent to Twilio is allowed to finish (bounded) and is awaited when the registry closes.
@@ -25,15 +26,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from app.calls.control import CallControl, EndReason
+from app.calls.control import CallControl, EndReason, Returned
 
 log = logging.getLogger("switchboard.calls")
-
-TRANSFER_TOOL = "transfer_call"
-END_TOOL = "end_call"
-MESSAGE_TOOL = "take_message"
-# One transfer, one hang-up, three messages per call, however they are asked for.
-CALL_LIMITS: Mapping[str, int] = {TRANSFER_TOOL: 1, END_TOOL: 1, MESSAGE_TOOL: 3}
 
 # What a claim on a call's allowance came to.
 Claim = Literal["accepted", "limit", "conflict", "unavailable"]
@@ -63,13 +58,20 @@ class Line:
     spoken: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+ActionKind = Literal["transfer", "end", "back"]
+
+
 @dataclass(frozen=True)
 class CallAction:
-    """Something to do to a call once its line is heard: `transfer` to a department, or `end` it."""
+    """Something to do to a call once its line is heard: `transfer` it to a department (telling
+    whoever answers the caller's `name` and `reason`), `end` it, or bring it `back` to the agent on
+    a new stream, saying the department is closed."""
 
-    kind: Literal["transfer", "end"]
+    kind: ActionKind
     department: str | None = None
     say: str | None = None
+    reason: str | None = None
+    name: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -78,10 +80,14 @@ class CallAction:
     def from_json(cls, text: str) -> CallAction | None:
         try:
             data = json.loads(text)
-            action = cls(data["kind"], data.get("department"), data.get("say"))
-        except (ValueError, KeyError, TypeError):
+            fields = {key: data.get(key) for key in ("department", "say", "reason", "name")}
+            if data["kind"] not in ("transfer", "end", "back") or not all(
+                value is None or isinstance(value, str) for value in fields.values()
+            ):
+                return None
+            return cls(data["kind"], **fields)
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
-        return action if action.kind in ("transfer", "end") else None
 
 
 Executor = Callable[["LiveCall", CallAction], Awaitable[None]]
@@ -98,6 +104,10 @@ class LiveCall(Protocol):
 
     @property
     def ended(self) -> bool: ...
+
+    @property
+    def returned(self) -> Returned | None:
+        """The transfer this call came back to the agent from, if it did."""
 
     def line(self) -> Line:
         """Where the audio of a turn starting now begins."""
@@ -119,6 +129,7 @@ class CallRegistry(Protocol):
     """Live calls by call SID and by conversation id."""
 
     executor: Executor | None
+    limits: dict[str, int]
 
     def lookup(self, *, call_sid: str | None = None, conversation_id: str | None = None) -> LiveCall | None:
         """The call with this SID (preferred) or conversation id whose media stream is in this process."""
@@ -179,6 +190,10 @@ class LocalCall:
     @property
     def ended(self) -> bool:
         return self.control.ended.is_set()
+
+    @property
+    def returned(self) -> Returned | None:
+        return self.control.returned
 
     def line(self) -> Line:
         return Line(self.control.audio_progress)
@@ -243,8 +258,8 @@ class LocalCall:
 class InProcessCallRegistry:
     """The registry for one process, told about calls by the bridge as a `CallObserver`."""
 
-    def __init__(self, limits: Mapping[str, int] = CALL_LIMITS, timings: ActionTimings | None = None) -> None:
-        self.limits = dict(limits)
+    def __init__(self, limits: Mapping[str, int] | None = None, timings: ActionTimings | None = None) -> None:
+        self.limits: dict[str, int] = dict(limits or {})  # per tool; the tools install theirs
         self.timings = timings or ActionTimings()
         self.executor: Executor | None = None
         self._by_sid: dict[str, LocalCall] = {}

@@ -6,14 +6,18 @@ What lives in Redis (keys under `sb:`), and why:
 - `sb:slots`, a sorted set of reservations (`r:<sid>`) and live calls (`l:<sid>`) scored by lease
   expiry: MAX_CONCURRENT_CALLS counts every replica's calls. A live call's lease is renewed while
   its stream lasts, so the slots of a replica that dies lapse within CALL_LEASE_SECONDS.
-- `sb:call:<sid>` (holder replica, conversation id, caller) and `sb:conv:<conversation id>`: the
-  registry. The brain on any replica finds the call and which replica holds its stream.
+- `sb:call:<sid>` (holder replica, conversation id, caller, the transfer it came back from) and
+  `sb:conv:<conversation id>`: the registry. The brain on any replica finds the call and which
+  replica holds its stream.
 - `sb:used:<sid>`: the call's tool allowance, claimed atomically (a Lua script), so two replicas
   can never both transfer one call.
 - `sb:inbox:<replica>`, a stream: actions for calls a replica holds ("transfer once the line that
   began at <time> has been heard", "hang up after the goodbye"). The holder sees the marks, so it
   carries them out with the same timing as a call whose brain is local.
 - `sb:outcome:<sid>`: how a stream ended, for the Connect action on whichever replica Twilio reaches.
+- `sb:transfer:<sid>`: a transfer under way (who is calling and why, for the whisper; whether the
+  person who answered pressed 1; its result, set once), for the whisper, the key pressed and the
+  `<Dial action>`, each of which may reach any replica.
 - `sb:replicas`: replicas taking new calls (heartbeat-scored), so a draining one can hand a webhook on.
 
 Every script reads Redis's own clock, so replicas on different machines agree on expiry. If Redis
@@ -36,7 +40,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.calls.control import CallControl, EndReason
+from app.calls.control import CallControl, EndReason, Returned
 from app.calls.outcomes import OUTCOME_TTL_S, StreamOutcomes
 from app.calls.registry import (
     ActionTimings,
@@ -49,6 +53,7 @@ from app.calls.registry import (
 )
 from app.observability import one_line
 from app.telephony.call_token import TTL_S
+from app.telephony.transfers import TRANSFER_TTL_S, Choice, Transfer
 
 log = logging.getLogger("switchboard.shared")
 
@@ -64,13 +69,16 @@ INBOX_MAXLEN = 1000
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
 
-# KEYS[1] slots; ARGV: sid, limit, reservation ms. 1 reserved (or already), 0 full.
+# KEYS[1] slots; ARGV: sid, limit, reservation ms. 1 reserved (or already), 0 full. A live call is
+# reserved a place for its next stream (back to the agent), whatever the count.
 _RESERVE = (
     _NOW
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], 'r:' .. ARGV[1]) or redis.call('ZSCORE', KEYS[1], 'l:' .. ARGV[1]) then return 1 end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+if redis.call('ZSCORE', KEYS[1], 'r:' .. ARGV[1]) then return 1 end
+if not redis.call('ZSCORE', KEYS[1], 'l:' .. ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), 'r:' .. ARGV[1])
 return 1
 """
@@ -104,6 +112,12 @@ end
 if tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') >= tonumber(ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+# KEYS[1] a transfer's hash; ARGV: field, value. Sets it while the transfer is unsettled: 1 set, 0 not.
+_UNSETTLED_SET = """
+if redis.call('EXISTS', KEYS[1]) == 0 or (redis.call('HGET', KEYS[1], 'result') or '') ~= '' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 # KEYS[1] replicas; ARGV: this replica, ttl ms, taking calls (1/0). Returns the others taking calls.
@@ -232,6 +246,36 @@ class SharedOutcomes(StreamOutcomes):
             return None
 
 
+class SharedTransfers:
+    """Transfers under way, in Redis: the whisper, the key and the dial action may reach any replica."""
+
+    def __init__(self, state: SharedState) -> None:
+        self.redis = state.redis
+        self._set = state.redis.register_script(_UNSETTLED_SET)
+
+    @staticmethod
+    def key_for(call_sid: str) -> str:
+        return f"{PREFIX}transfer:{call_sid}"
+
+    async def begin(self, transfer: Transfer) -> None:
+        key = self.key_for(transfer.call_sid)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=transfer.fields())
+            pipe.expire(key, TRANSFER_TTL_S)
+            await pipe.execute()
+
+    async def get(self, call_sid: str) -> Transfer | None:
+        fields = await self.redis.hgetall(self.key_for(call_sid))
+        return Transfer.from_fields(fields) if fields else None
+
+    async def choose(self, call_sid: str, choice: Choice) -> None:
+        await self._set(keys=[self.key_for(call_sid)], args=["choice", choice])
+
+    async def settle(self, call_sid: str, result: str) -> bool:
+        return bool(await self._set(keys=[self.key_for(call_sid)], args=["result", result]))
+
+
 class SharedLimits:
     """A call's tool allowance in Redis; `used` is what this replica has seen (claims are the gate)."""
 
@@ -278,6 +322,7 @@ class RemoteCall:
         self.holder = fields.get("holder", "")
         self.caller = fields.get("caller", "")
         self._conversation_id = fields.get("conversation_id") or None
+        self.returned = Returned.decode(fields.get("returned"))
         self.limits = limits
         self.ended = False
 
@@ -415,6 +460,8 @@ class SharedCallRegistry(InProcessCallRegistry):
             for call in calls:
                 key = f"{PREFIX}call:{call.call_sid}"
                 fields = {"holder": self.state.replica, "caller": call.caller}
+                if call.returned is not None:
+                    fields["returned"] = call.returned.encode()
                 if call.conversation_id:
                     fields["conversation_id"] = call.conversation_id
                     pipe.set(f"{PREFIX}conv:{call.conversation_id}", call.call_sid, ex=ttl)

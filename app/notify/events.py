@@ -46,6 +46,7 @@ async def call_ended_data(conn: AsyncConnection, call_sid: str, review_url: str 
             select(
                 calls.c.caller, calls.c.started_at, calls.c.ended_at, calls.c.duration_s, calls.c.end_reason,
                 calls.c.transferred_to, calls.c.turns, calls.c.unanswered, calls.c.messages,
+                calls.c.transfer_department, calls.c.transfer_result,
             ).where(calls.c.call_sid == call_sid)
         )
     ).one_or_none()  # fmt: skip
@@ -60,6 +61,11 @@ async def call_ended_data(conn: AsyncConnection, call_sid: str, review_url: str 
         # transferred, agent_ended, caller_hung_up, fallback, max_duration or busy
         "ended": "transferred" if row.transferred_to else row.end_reason,
         "transferred_to": row.transferred_to,
+        # The call's latest transfer and its result (connected, no_answer, busy, declined, voicemail,
+        # failed, canceled, closed), or null
+        "transfer": {"department": row.transfer_department, "result": row.transfer_result}
+        if row.transfer_department
+        else None,
         "turns": row.turns,
         "unanswered": row.unanswered > 0,
         "messages": row.messages,

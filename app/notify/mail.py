@@ -65,8 +65,9 @@ class MailSender:
         return mail
 
     def message_mail(self, event_id: str, data: dict[str, Any]) -> EmailMessage:
+        for_whom = f" for {data['department']}" if data.get("department") else ""
         lines = [
-            f"{data['name']} left a message at {data['left_at'].replace('T', ' ')[:16]} UTC.",
+            f"{data['name']} left a message{for_whom} at {data['left_at'].replace('T', ' ')[:16]} UTC.",
             "",
             f"Call back: {data['callback_number']}",
             "",

@@ -78,6 +78,8 @@ def _print_call(detail: CallDetail, out: TextIO) -> None:
     duration = f"{c.duration_s:.0f} s" if c.duration_s is not None else "-"
     print(f"Call {c.call_sid} from {c.caller_masked}, {_when(c.started_at)} UTC, {duration}", file=out)
     print(f"Outcome: {c.outcome}; ended: {c.ended_how}", file=out)
+    if c.transfer_how:
+        print(f"Transfer: {c.transfer_how}", file=out)
     if detail.greeting:
         print(f"\n  agent:  {detail.greeting}", file=out)
     for turn in detail.turns:
@@ -124,8 +126,9 @@ async def messages(settings: Settings, when: datetime | None, as_json: bool, out
             print("No messages" + (f" since {when:%Y-%m-%d %H:%M} UTC" if when else "") + ".", file=out)
         for m in found:
             state = "  (handled)" if m.handled_at else ""
+            department = f"  for {m.department}" if m.department else ""
             print(
-                f"{_when(m.created_at)}  {m.name}  {m.callback_number}  (call {m.call_sid or '-'}){state}",
+                f"{_when(m.created_at)}  {m.name}  {m.callback_number}{department}  (call {m.call_sid or '-'}){state}",
                 file=out,
             )
             print(f"    {m.message}", file=out)

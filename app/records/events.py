@@ -40,9 +40,15 @@ class CallAnswered:
 
 
 @dataclass(frozen=True, slots=True)
-class CallTransferred:
+class TransferResult:
+    """Where a transfer stands: `ringing`, then `connected`, `no_answer`, `busy`, `declined`,
+    `voicemail`, `failed` or `canceled` (the caller hung up while it rang); or `closed`, refused
+    because nobody is in. The latest one is the call's."""
+
     call_sid: str
     department: str
+    result: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,4 +82,4 @@ class TurnDone:
     gap_vector: Any = field(default=None)
 
 
-RecordEvent = CallReceived | CallRefused | CallAnswered | CallTransferred | CallEnded | TurnDone
+RecordEvent = CallReceived | CallRefused | CallAnswered | TransferResult | CallEnded | TurnDone

@@ -44,6 +44,19 @@ def normalise_number(text: str, region: str = DEFAULT_REGION) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def spoken_digits(number: str) -> str:
+    """+14155550123 as "4 1 5, 5 5 5, 0 1 2 3": read out digit by digit, in the usual groups."""
+    parsed = phonenumbers.parse(number, DEFAULT_REGION)
+    region = phonenumbers.region_code_for_number(parsed)
+    style = (
+        phonenumbers.PhoneNumberFormat.NATIONAL
+        if region == DEFAULT_REGION
+        else phonenumbers.PhoneNumberFormat.INTERNATIONAL
+    )
+    groups = re.findall(r"\d+", phonenumbers.format_number(parsed, style))
+    return ", ".join(" ".join(group) for group in groups)
+
+
 def caller_number(text: str) -> str | None:
     """A caller ID as +E.164 (Twilio sends it so), or None for anonymous, sip: or client: callers."""
     text = text.strip()
@@ -68,6 +81,7 @@ class Message:
     call_sid: str | None
     caller: str | None
     conversation_id: str | None
+    department: str | None = None  # the department it is for, if any
     handled_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -80,6 +94,7 @@ class Message:
             "call_sid": self.call_sid,
             "caller": self.caller,
             "conversation_id": self.conversation_id,
+            "department": self.department,
             "handled_at": self.handled_at.isoformat(timespec="seconds") if self.handled_at else None,
         }
 
@@ -90,6 +105,7 @@ class Message:
             "name": self.name,
             "callback_number": self.callback_number,
             "message": self.message,
+            "department": self.department,
             "call_sid": self.call_sid,
             "left_at": self.created_at.isoformat(timespec="seconds"),
         }
@@ -115,6 +131,7 @@ class MessageStore:
         call_sid: str | None,
         caller: str | None,
         conversation_id: str | None,
+        department: str | None = None,
         now: datetime | None = None,
     ) -> Message:
         """Store one message and commit it before returning (raises if it cannot)."""
@@ -126,6 +143,7 @@ class MessageStore:
             "call_sid": call_sid,
             "caller": caller,
             "conversation_id": conversation_id,
+            "department": department,
         }
         async with asyncio.timeout(WRITE_TIMEOUT_S), self.engine.begin() as conn:
             new_id = (await conn.execute(insert(messages).values(**row).returning(messages.c.id))).scalar_one()

@@ -45,6 +45,19 @@ _HOW = {
 }
 
 
+_TRANSFER_HOW = {
+    "ringing": "ringing",
+    "connected": "connected",
+    "no_answer": "no answer, back to the agent",
+    "busy": "busy, back to the agent",
+    "failed": "the call did not go through, back to the agent",
+    "declined": "declined, back to the agent",
+    "voicemail": "a voicemail answered, back to the agent",
+    "canceled": "the caller hung up while it rang",
+    "closed": "closed, not dialled",
+}
+
+
 @dataclass(frozen=True)
 class CallRow:
     call_sid: str
@@ -57,10 +70,27 @@ class CallRow:
     transferred_to: str | None
     ended_at: datetime | None
     conversation_id: str | None
+    transfer_department: str | None = None
+    transfer_result: str | None = None
 
     @property
     def caller_masked(self) -> str:
         return mask_phone(self.caller)
+
+    @property
+    def transfer(self) -> dict[str, str] | None:
+        """The call's latest transfer: its department and result."""
+        if self.transfer_department is None:
+            return None
+        return {"department": self.transfer_department, "result": self.transfer_result or "unknown"}
+
+    @property
+    def transfer_how(self) -> str | None:
+        """The transfer for people: "connected to sales", "sales: no answer, back to the agent"."""
+        if self.transfer_department is None:
+            return None
+        result = self.transfer_result or "unknown"
+        return f"{self.transfer_department}: {_TRANSFER_HOW.get(result, result)}"
 
     @property
     def ended_how(self) -> str:
@@ -81,6 +111,7 @@ class CallRow:
             "ended": self.ended_how,
             "end_reason": self.end_reason,
             "transferred_to": self.transferred_to,
+            "transfer": self.transfer,
             "turns": self.turns,
             "conversation_id": self.conversation_id,
         }

@@ -88,7 +88,11 @@ calls = Table(
     # caller_hung_up, agent_ended, transferred, max_duration, fallback, busy
     Column("end_reason", String(32)),
     Column("end_detail", String(64)),  # the bridge's own reason (upstream_unreachable, ...)
-    Column("transferred_to", String(32)),  # the department
+    Column("transferred_to", String(32)),  # the department a transfer connected the caller to
+    # The call's latest transfer: its department and result (ringing, connected, no_answer, busy,
+    # declined, voicemail, failed, canceled, closed).
+    Column("transfer_department", String(32)),
+    Column("transfer_result", String(16)),
     Column("turns", Integer, nullable=False, server_default="0"),
     Column("messages", Integer, nullable=False, server_default="0"),
     Column("unanswered", Integer, nullable=False, server_default="0"),
@@ -170,6 +174,7 @@ messages = Table(
     Column("call_sid", String(64)),
     Column("caller", String(32)),
     Column("conversation_id", String(128)),
+    Column("department", String(32)),  # the department it is for, if any
     Column("handled_at", UtcDateTime()),
     Column("legacy_id", Integer, unique=True),  # its id in the messages.sqlite3 it was carried over from
     Index("messages_created", "created_at", "id"),

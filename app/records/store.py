@@ -4,8 +4,9 @@ Opened in the background at start: a store that is unreachable then (or later) n
 call. Records wait in the recorder's buffer until the schema is in place; messages are refused
 (the agent says so) until it is. The server deletes what is past RECORDS_RETENTION_DAYS, daily.
 
-As a `CallObserver` it records each call's answer and end; the webhook, the tools and the brain
-hand it the rest through `record`.
+As a `CallObserver` it records each call's answer and end (a stream left for a transfer is not the
+call's end); the webhook, the tools, the brain and a transfer's routes hand it the rest through
+`record`.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ def end_reason(reason: EndReason) -> str:
     """How a call ended, as the records say it: the bridge's failures are all the fallback path."""
     if reason is EndReason.CALLER_HUNG_UP:
         return "caller_hung_up"
-    if reason is EndReason.TRANSFERRED:
-        return "transferred"
     if reason in (EndReason.AGENT_ENDED, EndReason.REQUESTED):
         return "agent_ended"
     if reason is EndReason.MAX_DURATION:
@@ -120,8 +119,10 @@ class RecordsStore:
         self.record(CallAnswered(call.call_sid, call.conversation_id, datetime.now(UTC), call.greeting))
 
     async def call_ended(self, call: CallControl) -> None:
-        now = datetime.now(UTC)
         reason = call.end_reason or EndReason.INTERNAL_ERROR
+        if reason is EndReason.TRANSFERRED:
+            return  # the call left this stream for a transfer: the transfer's result ends it, or a new stream
+        now = datetime.now(UTC)
         self.record(
             CallEnded(call.call_sid, end_reason(reason), reason.value, now, (now - call.started_at).total_seconds())
         )

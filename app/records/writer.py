@@ -19,8 +19,8 @@ from app.records.events import (
     CallEnded,
     CallReceived,
     CallRefused,
-    CallTransferred,
     RecordEvent,
+    TransferResult,
     TurnDone,
 )
 from app.records.gaps import GapGrouper
@@ -61,15 +61,41 @@ async def write(conn: AsyncConnection, event: RecordEvent, gaps: GapGrouper | No
         await upsert_call(conn, e.call_sid, {"started_at": e.at, **ended}, lambda x: {**ended, **_first_start(x)})
         await _ended(conn, outbox, e.call_sid, e.at)
     elif kind is CallAnswered:
+        # A call back from a transfer is answered again on a new conversation: the first answer and
+        # greeting stay, the conversation id is the latest.
         await upsert_call(
-            conn, e.call_sid, {"conversation_id": e.conversation_id, "answered_at": e.at, "greeting": e.greeting}
+            conn,
+            e.call_sid,
+            {"conversation_id": e.conversation_id, "answered_at": e.at, "greeting": e.greeting},
+            lambda x: {
+                "conversation_id": x.conversation_id,
+                "answered_at": func.coalesce(calls.c.answered_at, x.answered_at),
+                "greeting": func.coalesce(calls.c.greeting, x.greeting),
+            },
         )
-    elif kind is CallTransferred:
-        await upsert_call(conn, e.call_sid, {"transferred_to": e.department})
+    elif kind is TransferResult:
+        values = {"transfer_department": e.department, "transfer_result": e.result}
+        if e.result == "connected":
+            values["transferred_to"] = e.department
+        await upsert_call(conn, e.call_sid, values)
     elif kind is CallEnded:
-        values = {"ended_at": e.at, "duration_s": e.duration_s, "end_reason": e.reason, "end_detail": e.detail}
+        duration = await _duration(conn, e)
+        values = {"ended_at": e.at, "duration_s": duration, "end_reason": e.reason, "end_detail": e.detail}
         await upsert_call(conn, e.call_sid, values)
         await _ended(conn, outbox, e.call_sid, e.at)
+
+
+async def _duration(conn: AsyncConnection, ended: CallEnded) -> float:
+    """A call that went through a transfer lasted from its first answer, over every stream it had;
+    any other, as long as its one stream."""
+    row = (
+        await conn.execute(
+            select(calls.c.answered_at, calls.c.transfer_department).where(calls.c.call_sid == ended.call_sid)
+        )
+    ).one_or_none()
+    if row is None or row.transfer_department is None or row.answered_at is None:
+        return ended.duration_s
+    return max((ended.at - row.answered_at).total_seconds(), 0.0)
 
 
 async def _ended(conn: AsyncConnection, outbox: Outbox, call_sid: str, at: datetime) -> None:

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from quart import Quart
 
-from app.calls.control import CallControl, CallEnded, EndReason
+from app.calls.control import CallControl, CallEnded, EndReason, Returned
 from app.observability import mask_digits
 from app.telephony import call_token
 from app.telephony.elevenlabs_leg import ElevenLabsLeg
@@ -157,9 +157,13 @@ class Relay:
         telephony = self.telephony
         params = start.custom_parameters
         caller = params.get("caller", "")
+        # A call back from a transfer: which one, and the agent's first words, as the token vouches.
+        returned = Returned.decode(params.get("transfer"))
+        first = params.get("say") or None if returned is not None else None
+        context = f"{returned.encode()}\n{first or ''}" if returned is not None else ""
         key = call_token.derive_key(telephony.settings.secret("twilio_auth_token") or "")
         extra = {"call_sid": start.call_sid[:40]}
-        if not call_token.verify(key, params.get("token"), start.call_sid, caller, time.time()):
+        if not call_token.verify(key, params.get("token"), start.call_sid, caller, time.time(), context):
             telephony.metrics.twilio_rejected.labels("call_token").inc()
             log.warning("media stream refused: bad or expired call token", extra=extra)
             return False
@@ -168,8 +172,8 @@ class Relay:
             log.warning("media stream refused: call already streaming, or no free slot", extra=extra)
             return False
         # The conversation opened when the webhook arrived, if it arrived here; else one of its own.
-        self.upstream = telephony.early.claim(start.call_sid) or ElevenLabsLeg(telephony, start.call_sid, caller)
-        self.call = CallControl(start.call_sid, start.stream_sid, caller, self.twilio.send_mark)
+        self.upstream = telephony.early.claim(start.call_sid) or ElevenLabsLeg(telephony, start.call_sid, caller, first)
+        self.call = CallControl(start.call_sid, start.stream_sid, caller, self.twilio.send_mark, returned)
         telephony.calls[start.call_sid] = self.call
         return True
 

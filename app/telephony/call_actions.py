@@ -1,10 +1,10 @@
-"""Acting on a live call through Twilio's REST API: redirect it to `<Dial>` a configured number.
+"""Acting on a live call through Twilio's REST API: redirect it to ring a department, or back to the
+agent on a new stream.
 
 Redirecting a call abandons its `<Connect><Stream>` (Twilio sends `stop` and closes the stream) and
-runs the new TwiML; the stream, when this process holds it, is told first why it will stop. The
-`<Dial action>` route then decides what happens after the dial: hang up when the colleague
-answered, otherwise FALLBACK_NUMBER semantics (try it once, or apologise and hang up).
-The numbers only ever come from settings; nothing a caller or the model says reaches this module.
+runs the new TwiML; the stream, when this process holds it, is told first why it will stop. What
+happens once the dial is over is the `<Dial action>`'s business (`app.telephony.handoff`).
+The numbers only ever come from the departments; nothing a caller or the model says reaches them.
 """
 
 from __future__ import annotations
@@ -12,59 +12,40 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from urllib.parse import urlencode
 
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.twiml.voice_response import VoiceResponse
 
-from app.calls.control import CallControl, EndReason
+from app.calls.control import CallControl, EndReason, Returned
+from app.calls.registry import CallAction
+from app.calls.shared import COMMAND_TIMEOUT_S
+from app.departments.directory import Directory
 from app.observability import Metrics, mask_digits
 from app.settings import Settings
-from app.telephony.signatures import public_url
+from app.telephony.state import bounded
+from app.telephony.transfers import ANSWERED, Transfer, Transfers, back_redirect, transfer_twiml, whisper_text
 from app.telephony.twilio_rest import REST_TIMEOUT_S, rest_client
 
 log = logging.getLogger("switchboard.call_actions")
 
-DIAL_ACTION_PATH = "/dial-action"
-DIAL_TIMEOUT_S = 25  # ringing before Twilio gives up on the colleague's phone
-ANSWERED = frozenset({"completed", "answered"})
+DIAL_TIMEOUT_S = 25  # ringing before Twilio gives up on FALLBACK_NUMBER
+MAX_REASON_CHARS = 200
+MAX_NAME_CHARS = 60
 
 
-def transfers_configured(settings: Settings) -> bool:
-    """A transfer needs REST credentials, a public URL for the dial's action, and somewhere to go."""
-    return bool(
-        settings.twilio_account_sid
-        and settings.twilio_auth_token is not None
-        and settings.public_url
-        and settings.transfer_targets
-    )
-
-
-def transfer_twiml(settings: Settings, department: str, say: str | None = None) -> VoiceResponse:
-    """`<Dial action=...>number</Dial>` for a configured department (KeyError for any other)."""
-    number = settings.transfer_targets[department]
-    r = VoiceResponse()
-    if say:
-        r.say(say)
-    action = public_url(settings, DIAL_ACTION_PATH, urlencode({"department": department}).encode())
-    r.dial(number, action=action, method="POST", timeout=DIAL_TIMEOUT_S)
-    return r
-
-
-def after_dial_twiml(settings: Settings, status: str, department: str | None) -> VoiceResponse:
-    """What the caller gets once the transfer's dial is over. Never silence, never a loop."""
+def after_dial_twiml(settings: Settings, status: str) -> VoiceResponse:
+    """What the caller gets once a dial this server knows nothing of is over (no transfer of ours, or
+    its record lost): hang up if someone answered, else FALLBACK_NUMBER or an apology. Never silence."""
     r = VoiceResponse()
     if status in ANSWERED:
         r.hangup()
         return r
-    tried = settings.transfer_targets.get(department or "")
-    if settings.fallback_number and settings.fallback_number != tried:
-        r.say("Sorry, nobody in that team could take your call. Let me try another colleague.")
+    if settings.fallback_number:
+        r.say("Sorry, nobody could take your call. Let me try another colleague.")
         r.dial(settings.fallback_number, timeout=DIAL_TIMEOUT_S)
-        r.hangup()
     else:
         r.say("Sorry, nobody could take your call right now. Please call again a little later. Goodbye.")
-        r.hangup()
+    r.hangup()
     return r
 
 
@@ -87,18 +68,23 @@ class CallActions:
         self,
         settings: Settings,
         metrics: Metrics,
+        directory: Directory,
+        transfer_records: Transfers,
         calls: Mapping[str, CallControl] | None = None,
         timeout: float = REST_TIMEOUT_S,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.directory = directory
+        self.transfer_records = transfer_records
         self.calls: Mapping[str, CallControl] = calls if calls is not None else {}  # the streams held here
         self.timeout = timeout
         self._http: AsyncTwilioHttpClient | None = None
 
     @property
     def transfers(self) -> bool:
-        return transfers_configured(self.settings)
+        """A transfer needs REST credentials, a public URL for the dial's action, and somewhere to go."""
+        return self.rest and bool(self.settings.public_url) and bool(self.directory.departments)
 
     @property
     def rest(self) -> bool:
@@ -140,14 +126,40 @@ class CallActions:
         self.metrics.call_actions.labels(what, "redirected").inc()
         return True
 
-    async def transfer(self, call_sid: str, department: str, say: str | None = None) -> bool:
-        """Redirect the live call to dial the department's number. True when Twilio accepted it."""
-        if not self.transfers or department not in self.settings.transfer_targets:
+    async def transfer(self, call_sid: str, caller: str, action: CallAction) -> bool:
+        """Redirect the live call to ring the department (a warm transfer where it screens), once what
+        the whisper needs is recorded. True when Twilio accepted it."""
+        department = self.directory.get(action.department or "")
+        if not self.transfers or department is None:
             self.metrics.call_actions.labels("transfer", "unavailable").inc()
             return False
-        twiml = transfer_twiml(self.settings, department, say)
+        record = Transfer(
+            call_sid,
+            department.name,
+            caller,
+            department.screen,
+            reason=whisper_text(action.reason, MAX_REASON_CHARS),
+            name=whisper_text(action.name, MAX_NAME_CHARS),
+        )
+        extra = {"call_sid": call_sid}
+        if not await bounded(self._begin(record), COMMAND_TIMEOUT_S, False, "transfer not recorded", log, extra):
+            # Without its record no whisper could say who is calling, nor the dial action what came of it.
+            self.metrics.call_actions.labels("transfer", "unavailable").inc()
+            return False
+        twiml = transfer_twiml(self.settings, department, call_sid, action.say)
         if not await self.redirect(call_sid, twiml, "transfer", EndReason.TRANSFERRED):
             return False
-        number = self.settings.transfer_targets[department]
-        log.info("call redirected to %s (%s)", department, mask_digits(number), extra={"call_sid": call_sid})
+        screened = "screened" if department.screen else "unscreened"
+        log.info(
+            "call redirected to %s (%s, %s)", department.name, mask_digits(department.number), screened, extra=extra
+        )
         return True
+
+    async def _begin(self, record: Transfer) -> bool:
+        await self.transfer_records.begin(record)
+        return True
+
+    async def back_to_agent(self, call_sid: str, department: str, result: str) -> bool:
+        """Take the call off its stream and back to the agent on a new one, which opens saying why."""
+        twiml = back_redirect(self.settings, Returned(department, result))
+        return await self.redirect(call_sid, twiml, "back", EndReason.TRANSFERRED)

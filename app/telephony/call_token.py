@@ -21,19 +21,21 @@ def derive_key(auth_token: str) -> bytes:
     return hmac.new(auth_token.encode(), b"switchboard/call-token/v1", hashlib.sha256).digest()
 
 
-def _mac(key: bytes, call_sid: str, caller: str, expires: int) -> str:
-    message = f"{_VERSION}\n{call_sid}\n{caller}\n{expires}".encode()
-    digest = hmac.new(key, message, hashlib.sha256).digest()
+def _mac(key: bytes, call_sid: str, caller: str, expires: int, context: str) -> str:
+    message = f"{_VERSION}\n{call_sid}\n{caller}\n{expires}" + (f"\n{context}" if context else "")
+    digest = hmac.new(key, message.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def issue(key: bytes, call_sid: str, caller: str, now: float, ttl_s: int = TTL_S) -> str:
+def issue(key: bytes, call_sid: str, caller: str, now: float, ttl_s: int = TTL_S, context: str = "") -> str:
+    """`context`: more of the TwiML the token vouches for (a call coming back from a transfer: which,
+    and what the agent says first)."""
     expires = int(now) + ttl_s
-    return f"{_VERSION}.{expires}.{_mac(key, call_sid, caller, expires)}"
+    return f"{_VERSION}.{expires}.{_mac(key, call_sid, caller, expires, context)}"
 
 
-def verify(key: bytes, token: object, call_sid: str, caller: str, now: float) -> bool:
-    """True only for an unexpired token minted for exactly this call SID and caller."""
+def verify(key: bytes, token: object, call_sid: str, caller: str, now: float, context: str = "") -> bool:
+    """True only for an unexpired token minted for exactly this call SID, caller and context."""
     if not isinstance(token, str) or len(token) > 128:
         return False
     version, _, rest = token.partition(".")
@@ -43,4 +45,4 @@ def verify(key: bytes, token: object, call_sid: str, caller: str, now: float) ->
     expires = int(expires_text)
     if now > expires:
         return False
-    return hmac.compare_digest(mac.encode(), _mac(key, call_sid, caller, expires).encode())
+    return hmac.compare_digest(mac.encode(), _mac(key, call_sid, caller, expires, context).encode())

@@ -40,8 +40,9 @@ NORMAL_CLOSURE = 1000
 class ElevenLabsLeg:
     """One call's conversation socket."""
 
-    def __init__(self, telephony: Telephony, call_sid: str, caller: str) -> None:
+    def __init__(self, telephony: Telephony, call_sid: str, caller: str, first: str | None = None) -> None:
         self.telephony = telephony
+        self.first = first  # what the agent says first instead of GREETING (a call back from a transfer)
         self.limits = telephony.limits
         self.metrics = telephony.metrics
         self.call_sid = call_sid
@@ -80,7 +81,7 @@ class ElevenLabsLeg:
         try:
             async with asyncio.timeout(self.limits.ready_timeout):
                 await self._connect()
-                self.greeting = await self.telephony.greeting()
+                self.greeting = await self.telephony.greeting(self.first)
                 await self.send(el.initiation(dynamic_variables(self.call_sid, self.caller), self.greeting))
                 self.metadata = await self._wait_for_metadata()
         except TimeoutError:
@@ -268,11 +269,11 @@ class EarlyStarts:
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def begin(self, call_sid: str, caller: str) -> None:
+    def begin(self, call_sid: str, caller: str, first: str | None = None) -> None:
         """Start opening the call's conversation (once: Twilio may post a webhook again)."""
         if not self.enabled or call_sid in self._waiting:
             return
-        leg = ElevenLabsLeg(self.telephony, call_sid, caller)
+        leg = ElevenLabsLeg(self.telephony, call_sid, caller, first)
         leg.open_early()
         self._waiting[call_sid] = leg
         expiry = asyncio.get_running_loop().create_task(self._expire(leg), name=f"elevenlabs-unclaimed-{call_sid}")

@@ -1,9 +1,9 @@
-"""The Twilio side's state: admission slots, how each stream ended, the ElevenLabs client for
-signed URLs, the conversations opened early, the bridge's limits, and the observers told about
-every call.
+"""The Twilio side's state: admission slots, how each stream ended, transfers under way, the
+ElevenLabs client for signed URLs, the conversations opened early, the bridge's limits, and the
+observers told about every call.
 
 Opened in `before_serving` and closed in `after_serving` through `Services`, which swaps in the
-shared (Redis) admission and outcomes when REDIS_URL is set.
+shared (Redis) admission, outcomes and transfers when REDIS_URL is set.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from app.calls.outcomes import Outcomes, StreamOutcomes
 from app.observability import Metrics
 from app.settings import Settings
 from app.telephony.elevenlabs_leg import EarlyStarts
+from app.telephony.transfers import LocalTransfers, Transfers
 
 log = logging.getLogger("switchboard.telephony")
 
@@ -76,6 +77,7 @@ class Telephony:
         self.limits = BridgeLimits(max_call_seconds=settings.max_call_seconds)
         self.slots: Admission = CallSlots(settings.max_concurrent_calls)
         self.outcomes: Outcomes = StreamOutcomes()
+        self.transfers: Transfers = LocalTransfers()
         self.observers: list[CallObserver] = []
         self.calls: dict[str, CallControl] = {}  # the streams this process holds, by call SID
         self.early = EarlyStarts(self)
@@ -103,21 +105,23 @@ class Telephony:
             log.warning("Twilio webhook and /media-stream refuse every request: set TWILIO_AUTH_TOKEN and PUBLIC_URL")
         elif not self.bridge_configured:
             log.warning("calls get the apology and FALLBACK_NUMBER: set ELEVENLABS_API_KEY and SPEECH_ENGINE_ID")
-        if self.bridge_configured and self.settings.first_message:
+        if self.bridge_configured:
             self._greeting_check = asyncio.create_task(self._check_greeting(), name="greeting-check")
 
-    async def greeting(self) -> str | None:
-        """What a call starting now says at pickup: GREETING, once the engine is known to allow it.
+    async def greeting(self, first: str | None = None) -> str | None:
+        """What a conversation starting now says first: `first` (a call back from a transfer), else
+        GREETING; once the engine is known to allow it.
 
         ElevenLabs refuses a conversation that overrides a field its engine does not allow, so a
-        greeting the engine would refuse is not sent: the call goes on without it.
+        first message the engine would refuse is not sent: the call goes on without it.
         """
-        if self._greeting_check is None:
+        text = first or self.settings.first_message
+        if self._greeting_check is None or text is None:
             return None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(GREETING_CHECK_WAIT_S):
                 await self._greeting_checked.wait()
-        return self.settings.first_message if self._greeting_allowed else None
+        return text if self._greeting_allowed else None
 
     async def _check_greeting(self) -> None:
         assert self.elevenlabs is not None and self.settings.speech_engine_id
@@ -130,7 +134,11 @@ class Telephony:
                 )
                 overrides = getattr(getattr(engine, "config", None), "overrides", None)
                 allowed = getattr(overrides, "first_message", None) is True
-                if not allowed and (self._greeting_allowed or not self._greeting_checked.is_set()):
+                if (
+                    not allowed
+                    and self.settings.first_message
+                    and (self._greeting_allowed or not self._greeting_checked.is_set())
+                ):
                     log.warning(
                         "calls start without the greeting: Speech Engine %s does not allow the first-message "
                         "override (make configure says how to allow it)",

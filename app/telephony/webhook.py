@@ -1,5 +1,5 @@
-"""Twilio's voice webhook (POST /incoming-call), the Connect action (POST /connect-action), and the
-action of a transfer's dial (POST /dial-action).
+"""Twilio's voice webhook (POST /incoming-call) and the Connect action (POST /connect-action); a
+transfer's routes are in `handoff`.
 
 Both refuse with 403, and keep no call state, unless X-Twilio-Signature matches the public URL.
 TwiML is built only with the twilio helper library.
@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from quart import Blueprint, Response, request
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from app.calls.control import EndReason
+from app.calls.control import EndReason, Returned
 from app.calls.shared import COMMAND_TIMEOUT_S
 from app.observability import mask_digits
 from app.records.events import CallReceived, CallRefused
@@ -24,7 +24,7 @@ from app.services import services
 from app.settings import Settings
 from app.telephony import call_token
 from app.telephony.bridge import STREAM_PATH
-from app.telephony.call_actions import DIAL_ACTION_PATH, after_dial_twiml, drained_twiml
+from app.telephony.call_actions import drained_twiml
 from app.telephony.signatures import public_url, raw_path, stream_url, valid_signature
 from app.telephony.state import Telephony, bounded
 
@@ -51,12 +51,19 @@ def busy_twiml(settings: Settings) -> VoiceResponse:
     return r
 
 
-def connect_twiml(settings: Settings, caller: str, token: str) -> VoiceResponse:
+def connect_twiml(
+    settings: Settings, caller: str, token: str, returned: Returned | None = None, say: str | None = None
+) -> VoiceResponse:
+    """The call's audio to the bridge; for a call back from a transfer, which one and the agent's
+    first words (the token vouches for both)."""
     r = VoiceResponse()
     connect = Connect(action=public_url(settings, ACTION_PATH), method="POST")
     stream = connect.stream(url=stream_url(settings, STREAM_PATH))
     stream.parameter(name="caller", value=caller)
     stream.parameter(name="token", value=token)
+    if returned is not None:
+        stream.parameter(name="transfer", value=returned.encode())
+        stream.parameter(name="say", value=say or "")
     r.append(connect)
     return r
 
@@ -81,7 +88,7 @@ def ended_twiml(settings: Settings, reason: EndReason | None) -> VoiceResponse:
     return r
 
 
-async def _signed_form() -> object | None:
+async def signed_form() -> object | None:
     """The form if X-Twilio-Signature is valid for the public URL of this exact path and query."""
     settings = services().settings
     form = await request.form
@@ -124,7 +131,7 @@ async def _outcome(telephony: Telephony, call_sid: str) -> EndReason | None:
     return await bounded(outcome, COMMAND_TIMEOUT_S, None, "stream outcome unavailable", log, {"call_sid": call_sid})
 
 
-def _refuse(reason: str) -> tuple[str, int]:
+def refuse(reason: str) -> tuple[str, int]:
     services().metrics.twilio_rejected.labels(reason).inc()
     log.warning("Twilio webhook refused: %s", reason, extra={"path": request.path})
     return "forbidden\n", 403
@@ -134,9 +141,9 @@ def _refuse(reason: str) -> tuple[str, int]:
 async def incoming_call() -> Response | tuple[str, int]:
     svc = services()
     settings, telephony = svc.settings, svc.telephony
-    form = await _signed_form()
+    form = await signed_form()
     if form is None:
-        return _refuse("signature")
+        return refuse("signature")
     call_sid = form.get("CallSid", "")
     caller = form.get("From", "")[:64]
     if not _CALL_SID.fullmatch(call_sid):
@@ -169,23 +176,10 @@ async def incoming_call() -> Response | tuple[str, int]:
 @twilio_webhook.post(ACTION_PATH)
 async def connect_action() -> Response | tuple[str, int]:
     svc = services()
-    form = await _signed_form()
+    form = await signed_form()
     if form is None:
-        return _refuse("action_signature")
+        return refuse("action_signature")
     call_sid = form.get("CallSid", "")
     reason = await _outcome(svc.telephony, call_sid) if _CALL_SID.fullmatch(call_sid) else None
     log.info("connect action: stream ended %s", reason or "unknown", extra={"call_sid": call_sid[:40]})
     return _twiml(ended_twiml(svc.settings, reason))
-
-
-@twilio_webhook.post(DIAL_ACTION_PATH)
-async def dial_action() -> Response | tuple[str, int]:
-    """A transfer's dial is over: hang up if the colleague answered, else FALLBACK_NUMBER semantics."""
-    svc = services()
-    form = await _signed_form()
-    if form is None:
-        return _refuse("dial_action_signature")
-    status = form.get("DialCallStatus", "")[:20]
-    department = request.args.get("department")
-    log.info("transfer dial ended: %s", status or "unknown", extra={"call_sid": form.get("CallSid", "")[:40]})
-    return _twiml(after_dial_twiml(svc.settings, status, department))

@@ -5,23 +5,31 @@ call updates (redirects, hang-ups), recorded for tests. The twilio client reache
 Like Twilio, an update of a call whose media stream is open (a `TwilioCaller` given this API) ends
 that stream: the new TwiML replaces the `<Connect><Stream>`, so Twilio sends `stop` and closes the
 socket. That happens before the REST answer goes back, the order that tests the product hardest.
+Then the new TwiML runs (`twilio_dial`): a `<Dial>` to a number with a `Colleague` set up at it
+(`colleagues`) rings them, with call screening, and posts the `<Dial action>`; a `<Redirect>` is
+followed. A `<Connect><Stream>` that comes of either opens a new media stream on the call
+(`leg(call_sid)`). A number with nobody set up at it is left ringing: the test plays that part.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
+import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from quart import Quart, request
 
+from app.testing import twilio_dial
 from app.testing.live_server import LiveServer
+from app.testing.twilio_caller import TwilioCaller, Webhook
+from app.testing.twilio_dial import Colleague, Dialled
 
-if TYPE_CHECKING:
-    from app.testing.twilio_caller import TwilioCaller
+log = logging.getLogger("switchboard.testing")
 
 _FIELDS = {
     "VoiceUrl": "voice_url",
@@ -63,6 +71,12 @@ class FakeTwilioApi:
         self.refused_updates: list[tuple[str, dict[str, str]]] = []
         self.on_call_update: Callable[[str, dict[str, str]], None] | None = None
         self.streams: dict[str, TwilioCaller] = {}  # calls' media streams, by call SID (see TwilioCaller)
+        self.colleagues: dict[str, Colleague] = {}  # who answers a dialled number, and how
+        self.dials: list[Dialled] = []  # the <Dial>s run, once each is over
+        self.legs: dict[str, list[TwilioCaller]] = {}  # new media streams opened on a call, in order
+        self.on_leg: Callable[[TwilioCaller], None] | None = None
+        self._changed = asyncio.Condition()
+        self._runs: set[asyncio.Task[None]] = set()
         self._server: LiveServer | None = None
 
     def add_number(self, number: str, **fields: Any) -> dict[str, Any]:
@@ -94,8 +108,66 @@ class FakeTwilioApi:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for run in list(self._runs):
+            run.cancel()
+        await asyncio.gather(*self._runs, return_exceptions=True)
+        for legs in self.legs.values():
+            for leg in legs:
+                await leg.aclose()
         if self._server is not None:
             await self._server.__aexit__(*exc)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+        """Until `predicate()` holds about the dials and legs (checked whenever one changes)."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(predicate)
+
+    async def leg(self, call_sid: str, n: int = 0, timeout: float = 20.0) -> TwilioCaller:
+        """The n-th new media stream opened on the call (a call back from a transfer)."""
+        await self.wait_for(lambda: len(self.legs.get(call_sid, [])) > n, timeout)
+        return self.legs[call_sid][n]
+
+    def _run(self, stream: TwilioCaller, form: dict[str, str]) -> None:
+        """What Twilio does with the update's TwiML once the stream has left it."""
+        twiml = form.get("Twiml")
+        if not twiml:
+            return
+        hook = Webhook.parse(200, twiml)
+        work: Coroutine[Any, Any, None] | None = None
+        if hook.dialled and hook.dialled[0] in self.colleagues:
+            work = self._dial(stream, hook, self.colleagues[hook.dialled[0]])
+        elif hook.redirect_url is not None:
+            work = self._follow(stream, hook)
+        if work is not None:
+            task = asyncio.get_running_loop().create_task(self._logged(work), name=f"twilio-runs-{stream.call_sid}")
+            self._runs.add(task)
+            task.add_done_callback(self._runs.discard)
+
+    async def _logged(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception:
+            log.exception("the Twilio stand-in could not run a call's new TwiML")
+
+    async def _dial(self, stream: TwilioCaller, hook: Webhook, colleague: Colleague) -> None:
+        dialled = await twilio_dial.run(stream, hook, colleague)
+        await self._opened(stream, dialled.leg)
+        async with self._changed:
+            self.dials.append(dialled)
+            self._changed.notify_all()
+
+    async def _follow(self, stream: TwilioCaller, hook: Webhook) -> None:
+        await self._opened(stream, await twilio_dial.follow(stream, hook))
+
+    async def _opened(self, stream: TwilioCaller, leg: TwilioCaller | None) -> None:
+        if leg is None:
+            return
+        self.streams[stream.call_sid] = leg
+        if self.on_leg is not None:
+            self.on_leg(leg)
+        async with self._changed:
+            self.legs.setdefault(stream.call_sid, []).append(leg)
+            self._changed.notify_all()
 
     def _authorised(self) -> bool:
         expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
@@ -156,6 +228,7 @@ class FakeTwilioApi:
             stream = self.streams.get(sid)
             if stream is not None and stream.streaming:
                 await stream.hang_up()  # the call leaves its <Connect><Stream>
+                self._run(stream, form)
             return {"sid": sid, "account_sid": account, "status": form.get("Status", "in-progress")}, 200
 
         return app

@@ -32,7 +32,6 @@ import json
 import secrets
 import sys
 import time
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
@@ -43,7 +42,8 @@ import uvloop
 
 from app import create_app
 from app.__main__ import build_index_if_missing
-from app.calls.registry import END_TOOL, TRANSFER_TOOL, LiveCall
+from app.brain.tools import end_call, transfer_call
+from app.calls.registry import LiveCall
 from app.configure import configure_engine
 from app.observability import configure_logging
 from app.private_files import owner_only, private_file
@@ -284,12 +284,12 @@ class Phone:
     def _acting(self) -> int:
         """Transfers and hang-ups the server has agreed to on this call so far."""
         live = self._live
-        return 0 if live is None else live.used(TRANSFER_TOOL) + live.used(END_TOOL)
+        return 0 if live is None else live.used(transfer_call.NAME) + live.used(end_call.NAME)
 
     async def press(self, key: str) -> list[str]:
         before = self.board.tool_counts()
         await self.caller.dtmf(key)
-        if key == "0" and self.board.settings.transfer_targets:
+        if key == "0" and self.board.server.app.extensions["switchboard"].directory.departments:
             await self._until_over()  # the keypad's 0 transfers at once
         return sorted((self.board.tool_counts() - before).elements())
 
@@ -329,14 +329,10 @@ def _ms(seconds: float) -> float:
 
 def _dial(twiml: str) -> dict[str, str]:
     """Where a transfer's TwiML sends the call: the number, the department, what is said first."""
-    root = ET.fromstring(twiml)
-    dial = root.find(".//Dial")
-    department = ""
-    if dial is not None and dial.get("action"):
-        department = parse_qs(urlsplit(dial.get("action", "")).query).get("department", [""])[0]
-    said = " ".join(say.text or "" for say in root.iter("Say"))
-    number = (dial.text or "").strip() if dial is not None else ""
-    return {"department": department, "number": number, "said": said}
+    hook = Webhook.parse(200, twiml)
+    action = hook.dial.get("action", "")
+    department = parse_qs(urlsplit(action).query).get("department", [""])[0]
+    return {"department": department, "number": hook.dialled[0] if hook.dialled else "", "said": " ".join(hook.said)}
 
 
 # --- the terminal --------------------------------------------------------------------------------

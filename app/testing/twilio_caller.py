@@ -78,8 +78,11 @@ class Webhook:
     parameters: dict[str, str] = field(default_factory=dict)
     action_url: str | None = None
     said: list[str] = field(default_factory=list)
-    dialled: list[str] = field(default_factory=list)
+    dialled: list[str] = field(default_factory=list)  # the numbers a <Dial> rings
     redirect_url: str | None = None
+    dial: dict[str, str] = field(default_factory=dict)  # the <Dial>'s attributes (action, timeout...)
+    number: dict[str, str] = field(default_factory=dict)  # its <Number>'s (url, machineDetection...)
+    gather: dict[str, str] = field(default_factory=dict)  # a <Gather>'s (numDigits, action...)
 
     @classmethod
     def parse(cls, status: int, body: str) -> Webhook:
@@ -94,7 +97,12 @@ class Webhook:
             hook.stream_url = stream.get("url")
             hook.parameters = {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
         hook.said = [say.text or "" for say in root.iter("Say")]
-        hook.dialled = [(dial.text or "").strip() for dial in root.iter("Dial")]
+        for dial in root.iter("Dial"):
+            hook.dial = dict(dial.attrib)
+            numbers = list(dial.iter("Number"))
+            hook.dialled += [(n.text or "").strip() for n in numbers] or [(dial.text or "").strip()]
+            hook.number = dict(numbers[0].attrib) if numbers else {}
+        hook.gather = next((dict(g.attrib) for g in root.iter("Gather")), {})
         hook.redirect_url = next(((r.text or "").strip() for r in root.iter("Redirect")), None)
         return hook
 
@@ -115,9 +123,11 @@ class TwilioCaller:
         record: bool = True,
         api: FakeTwilioApi | None = None,
         delay: float = 0.0,
+        route: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.public_url = public_url.rstrip("/")
+        self.auth_token = auth_token
         self.validator = RequestValidator(auth_token)
         self.caller = caller
         self.to = to
@@ -129,6 +139,7 @@ class TwilioCaller:
         self.record = record
         self.api = api
         self.delay = delay
+        self.route = route  # headers for a request to this public path (tests pin it to a replica)
         self._outbox: Outbox[str | bytes] | None = None
         self.webhook: Webhook | None = None
         self.ws: ClientConnection | None = None
@@ -186,7 +197,8 @@ class TwilioCaller:
     ) -> Webhook:
         if signature is None:
             signature = (validator or self.validator).compute_signature(signed_url or public, form, algorithm)
-        sent = {"X-Twilio-Signature": signature, **(headers or {})}
+        routed = self.route(urlsplit(public).path) if self.route is not None else {}
+        sent = {"X-Twilio-Signature": signature, **routed, **(headers or {})}
         if not signature:
             del sent["X-Twilio-Signature"]
         async with httpx.AsyncClient(timeout=10) as client:
@@ -205,6 +217,27 @@ class TwilioCaller:
         assert self.webhook is not None and self.webhook.redirect_url
         self.webhook = await self.post(self.webhook.redirect_url, self.form(), **kw)
         return self.webhook
+
+    def next_leg(self, hook: Webhook) -> TwilioCaller:
+        """The same call on a new media stream, as Twilio opens one for new `<Connect><Stream>` TwiML
+        (a call back from a transfer): the same identity, a new stream SID, `hook` its TwiML."""
+        leg = TwilioCaller(
+            self.server_url,
+            self.public_url,
+            self.auth_token,
+            caller=self.caller,
+            to=self.to,
+            call_sid=self.call_sid,
+            account_sid=self.account_sid,
+            realtime=self.realtime,
+            on_media=self.on_media,
+            record=self.record,
+            api=self.api,
+            delay=self.delay,
+            route=self.route,
+        )
+        leg.webhook = hook
+        return leg
 
     async def connect_action(self, **kw: Any) -> Webhook:
         """What Twilio does when <Connect> ends: POST the action URL from the TwiML."""
@@ -225,7 +258,7 @@ class TwilioCaller:
         if url is None:
             assert self.webhook is not None and self.webhook.stream_url
             url = self.webhook.stream_url
-        headers = dict(headers or {})
+        headers = {**(self.route(urlsplit(url).path) if self.route is not None else {}), **(headers or {})}
         if sign:
             headers["X-Twilio-Signature"] = signature or self.validator.compute_signature(url, {})
         await asyncio.sleep(self.delay)

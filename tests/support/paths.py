@@ -9,3 +9,4 @@ KNOWLEDGE = REPO / "knowledge"  # the sample knowledge base `make ingest` reads 
 README = REPO / "README.md"
 ENV_EXAMPLE = REPO / ".env.example"
 CALLS = REPO / "calls"  # the sample company's call scenarios (`make test-calls`)
+DEPARTMENTS = REPO / "departments.toml"  # the sample company's departments

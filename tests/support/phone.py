@@ -104,10 +104,17 @@ class Phone:
 
 @asynccontextmanager
 async def phone_call(
-    serve: Any, settings: dict[str, Any], fake: FakeElevenLabs, api: FakeTwilioApi, *, header: bool = True
+    serve: Any,
+    settings: dict[str, Any],
+    fake: FakeElevenLabs,
+    api: FakeTwilioApi,
+    *,
+    header: bool = True,
+    clock: Any = None,
 ) -> AsyncIterator[Phone]:
-    """A call through the bridge, and the brain conversation ElevenLabs would open for it."""
-    async with serve(**settings) as server:
+    """A call through the bridge, and the brain conversation ElevenLabs would open for it (`clock`:
+    the time opening hours are read against)."""
+    async with serve(clock=clock, **settings) as server:
         svc = server.app.extensions["switchboard"]
         svc.telephony.limits = FAST_BRIDGE
         svc.registry.timings = FAST_ACTIONS
@@ -152,7 +159,8 @@ def dialled(form: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
     """The verbs, the dialled numbers and the dial actions of a redirect's TwiML."""
     root = ET.fromstring(form["Twiml"])
     dials = list(root.iter("Dial"))
-    return [c.tag for c in root], [(d.text or "").strip() for d in dials], [d.get("action", "") for d in dials]
+    numbers = [(n.text or "").strip() for d in dials for n in d.iter("Number")]
+    return [c.tag for c in root], numbers, [d.get("action", "") for d in dials]
 
 
 async def requests_made(fake: FakeOpenAI, count: int, timeout: float = 10.0) -> None:

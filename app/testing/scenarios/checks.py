@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from app.brain.tools import ACTED
+from app.departments.directory import Directory
 from app.records.messages import normalise_number
-from app.settings import Settings
 from app.testing.scenarios.files import MessageExpected, Scenario
 from app.testing.scenarios.runner import CallSeen, TurnSeen
 
@@ -61,7 +61,7 @@ class ScenarioResult:
         return [check for check in self.checks if check.verdict == "failed"]
 
 
-def check(scenario: Scenario, call: CallSeen, settings: Settings) -> ScenarioResult:
+def check(scenario: Scenario, call: CallSeen, company: Directory) -> ScenarioResult:
     """Every expectation but `judge` (a model scores those: `judge.py`), in the format's order."""
     result = ScenarioResult(scenario, call)
     for number, step in enumerate(scenario.turns, 1):
@@ -74,47 +74,48 @@ def check(scenario: Scenario, call: CallSeen, settings: Settings) -> ScenarioRes
                 got = f"the call failed: {call.error}" if call.error else f"this turn never came: {call.ending}"
                 result.checks.append(Check(number, key, "failed", expected, got))
                 continue
-            passed, got = _VERDICTS[key](value, turn, call, settings)
+            passed, got = _VERDICTS[key](value, turn, call, company)
             result.checks.append(Check(number, key, "passed" if passed else "failed", expected, got))
     return result
 
 
-def _says_any(wanted: tuple[str, ...], turn: TurnSeen, call: CallSeen, settings: Settings) -> tuple[bool, str]:
+def _says_any(wanted: tuple[str, ...], turn: TurnSeen, call: CallSeen, company: Directory) -> tuple[bool, str]:
     return any(_says(turn, w) for w in wanted), _said(turn)
 
 
-def _says_all(wanted: tuple[str, ...], turn: TurnSeen, call: CallSeen, settings: Settings) -> tuple[bool, str]:
+def _says_all(wanted: tuple[str, ...], turn: TurnSeen, call: CallSeen, company: Directory) -> tuple[bool, str]:
     missing = [w for w in wanted if not _says(turn, w)]
     return not missing, _said(turn) + (f" (missing {_list(missing)})" if missing else "")
 
 
-def _not_says(unwanted: tuple[str, ...], turn: TurnSeen, call: CallSeen, settings: Settings) -> tuple[bool, str]:
+def _not_says(unwanted: tuple[str, ...], turn: TurnSeen, call: CallSeen, company: Directory) -> tuple[bool, str]:
     return not any(_says(turn, w) for w in unwanted), _said(turn)
 
 
-def _sources(wanted: tuple[str, ...], turn: TurnSeen, call: CallSeen, settings: Settings) -> tuple[bool, str]:
+def _sources(wanted: tuple[str, ...], turn: TurnSeen, call: CallSeen, company: Directory) -> tuple[bool, str]:
     return all(s in turn.sources for s in wanted), f"it read {_list(turn.sources) if turn.sources else 'nothing'}"
 
 
-def _first_words(limit: float, turn: TurnSeen, call: CallSeen, settings: Settings) -> tuple[bool, str]:
+def _first_words(limit: float, turn: TurnSeen, call: CallSeen, company: Directory) -> tuple[bool, str]:
     if turn.first_words_ms is None:
         return False, "the agent said nothing"
     return turn.first_words_ms <= limit, f"first words after {turn.first_words_ms:.0f} ms"
 
 
-def _tool(tool: str, turn: TurnSeen, call: CallSeen, settings: Settings) -> tuple[bool, str]:
+def _tool(tool: str, turn: TurnSeen, call: CallSeen, company: Directory) -> tuple[bool, str]:
     done = any(t.get("tool") == tool and t.get("decision") in ACTED for t in turn.tools)
     asked = ", ".join(f"{t.get('tool')} ({t.get('decision')})" for t in turn.tools)
     return done, f"tools: {asked}" if asked else "no tool"
 
 
-def _department(department: str, turn: TurnSeen, call: CallSeen, settings: Settings) -> tuple[bool, str]:
+def _department(department: str, turn: TurnSeen, call: CallSeen, company: Directory) -> tuple[bool, str]:
     """Twilio was told to dial the department's number (the REST redirect's TwiML), and the call's
     record says it ended in a transfer."""
     sent = call.transfer
     if sent is None:
         return False, f"not transferred ({call.ending})"
-    number = settings.transfer_targets.get(department)
+    known = company.get(department)
+    number = known.number if known is not None else None
     right = sent["department"] == department and call.recorded_end == "transferred"
     if number is not None:
         right = right and sent["number"] == number
@@ -122,11 +123,11 @@ def _department(department: str, turn: TurnSeen, call: CallSeen, settings: Setti
     return right, f"Twilio was told to dial {sent['department'] or '?'} ({sent['number']}); {recorded}"
 
 
-def _gap(gap: bool, turn: TurnSeen, call: CallSeen, settings: Settings) -> tuple[bool, str]:
+def _gap(gap: bool, turn: TurnSeen, call: CallSeen, company: Directory) -> tuple[bool, str]:
     return turn.gap == gap, "a knowledge gap was recorded" if turn.gap else "no knowledge gap was recorded"
 
 
-def _message(expected: MessageExpected, turn: TurnSeen, call: CallSeen, settings: Settings) -> tuple[bool, str]:
+def _message(expected: MessageExpected, turn: TurnSeen, call: CallSeen, company: Directory) -> tuple[bool, str]:
     if not turn.messages:
         return False, "no message was saved in this turn"
     saved = "; ".join(", ".join(f"{name} {value!r}" for name, value in m.items()) for m in turn.messages)
@@ -149,7 +150,7 @@ _EXPECTED: dict[str, Callable[[Any], str]] = {
     "gap": lambda gap: "a knowledge gap recorded" if gap else "no knowledge gap",
     "message": _message_wanted,
 }
-_VERDICTS: dict[str, Callable[[Any, TurnSeen, CallSeen, Settings], tuple[bool, str]]] = {
+_VERDICTS: dict[str, Callable[[Any, TurnSeen, CallSeen, Directory], tuple[bool, str]]] = {
     "says_any": _says_any,
     "says_all": _says_all,
     "not_says": _not_says,

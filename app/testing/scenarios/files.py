@@ -26,12 +26,11 @@ from typing import Any, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from app.brain.tools import GAP_TOOL
-from app.calls.registry import CALL_LIMITS, END_TOOL, TRANSFER_TOOL
+from app.brain.tools import BY_NAME, end_call, transfer_call
 from app.settings import E164
 
-TOOLS = (*CALL_LIMITS, GAP_TOOL)
-ENDS_CALL = (TRANSFER_TOOL, END_TOOL)
+TOOLS = tuple(BY_NAME)
+ENDS_CALL = (transfer_call.NAME, end_call.NAME)
 _BOOL = "tag:yaml.org,2002:bool"
 _NUMBER = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 _TRUE = ("true", "yes", "on")

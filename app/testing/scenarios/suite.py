@@ -45,7 +45,7 @@ async def run(
 
             async def one(scenario: Scenario) -> ScenarioResult:
                 async with gate:
-                    result = check(scenario, await calls.place(scenario, noise), calls.settings)
+                    result = check(scenario, await calls.place(scenario, noise), calls.services.directory)
                     await judge.score(result)
                 if on_result is not None:
                     on_result(result)
