@@ -110,16 +110,20 @@ def _tool(tool: str, turn: TurnSeen, call: CallSeen, company: Directory) -> tupl
 
 def _department(department: str, turn: TurnSeen, call: CallSeen, company: Directory) -> tuple[bool, str]:
     """Twilio was told to dial the department's number (the REST redirect's TwiML), and the call's
-    record says it ended in a transfer."""
+    record says it was handed to that department (a warm transfer is still ringing when the call's
+    stream ends, so the record need not say yet how it went)."""
     sent = call.transfer
     if sent is None:
         return False, f"not transferred ({call.ending})"
     known = company.get(department)
-    number = known.number if known is not None else None
-    right = sent["department"] == department and call.recorded_end == "transferred"
-    if number is not None:
-        right = right and sent["number"] == number
-    recorded = f"the call's record says it ended {call.recorded_end or 'without an end'}"
+    right = sent["department"] == department and call.recorded_transfer == department
+    if known is not None:
+        right = right and sent["number"] == known.number
+    recorded = (
+        f"the call's record says it was handed to {call.recorded_transfer}"
+        if call.recorded_transfer
+        else f"the call's record says no transfer (it ended {call.recorded_end or 'without an end'})"
+    )
     return right, f"Twilio was told to dial {sent['department'] or '?'} ({sent['number']}); {recorded}"
 
 

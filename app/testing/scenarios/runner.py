@@ -69,6 +69,7 @@ class CallSeen:
     ended_by: str | None = None  # "agent", "caller" or "transfer"
     transfer: dict[str, str] | None = None  # where Twilio was told to send the call
     recorded_end: str | None = None  # how the call ended, as its record says (transferred, agent_ended, …)
+    recorded_transfer: str | None = None  # the department the record says the call was handed to
     seconds: float = 0.0
     error: str | None = None  # the call could not be played through
 
@@ -84,6 +85,7 @@ class CallSeen:
             "ended": self.ending,
             "transfer": self.transfer,
             "recorded_end": self.recorded_end,
+            "recorded_transfer": self.recorded_transfer,
             "seconds": round(self.seconds, 2),
             "error": self.error,
             "turns": [turn.to_json() for turn in self.turns],
@@ -182,6 +184,7 @@ class Calls:
         if detail is None:
             raise RuntimeError("the server kept no record of the call")
         seen.recorded_end = detail.call.end_reason
+        seen.recorded_transfer = detail.call.transfer_department
         by_event = {view.event_id: view for view in detail.turns}
         for turn, event_id in zip(seen.turns, event_ids, strict=False):
             view = by_event.get(event_id)
