@@ -10,10 +10,12 @@ from typing import Any
 from quart import current_app
 
 from app.admin.guard import Logins
+from app.analysis.worker import Analyst
 from app.brain.llm import LLM
 from app.brain.prompt import Prompt
 from app.brain.tools import Toolbox
 from app.brain.turn import TurnPipeline
+from app.calls.caller_lookup import CallerLookups
 from app.calls.registry import InProcessCallRegistry
 from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState
 from app.knowledge.embedding import query_encoder_for
@@ -44,9 +46,12 @@ class Services:
             self._share(settings.secret("redis_url") or "")
         self.call_actions = CallActions(settings, self.metrics, self.telephony.calls)
         self.toolbox: Toolbox | None = None
+        self.analyst: Analyst | None = None
         self.records = RecordsStore(settings, self.metrics, self._embed_question)
         self.delivery = Delivery(settings, self.metrics, self.records.engine, self.records.outbox, self.records.ready)
-        self.telephony.observers += [self.registry, self.records]
+        self.lookups = CallerLookups(settings, self.metrics, self.records.record, self.shared)
+        self.telephony.lookups = self.lookups
+        self.telephony.observers += [self.registry, self.records, self.lookups]
         self.drain = Drain(self)
         self.logins = Logins(self.metrics)
 
@@ -71,6 +76,7 @@ class Services:
         self.delivery.start()
         for line in notify_status(self.settings):
             log.warning(line)
+        self.lookups.start()
         await self.telephony.start()
         await self.call_actions.start()
         self.toolbox = Toolbox(self.settings, self.metrics, self.registry, self.call_actions, self.records)
@@ -78,6 +84,9 @@ class Services:
         if not self.call_actions.transfers:
             log.info("transfer_call is off: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, PUBLIC_URL, TRANSFER_TARGETS")
         self.llm = LLM(self.settings)
+        records = self.records
+        self.analyst = Analyst(self.settings, self.metrics, records.engine, records.outbox, records.ready, self.llm)
+        self.analyst.start()
         # Loading the model and the index is blocking work: keep it off the event loop.
         encoder = await asyncio.to_thread(query_encoder_for, self.settings)
         self.retriever = Retriever(self.settings, encoder)
@@ -96,6 +105,9 @@ class Services:
         await self.registry.close()
         await self.call_actions.aclose()
         await self.telephony.stop()
+        await self.lookups.stop()
+        if self.analyst is not None:
+            await self.analyst.stop()
         await self.delivery.stop()
         await self.records.stop()
         if self.shared is not None:

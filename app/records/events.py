@@ -40,6 +40,17 @@ class CallAnswered:
 
 
 @dataclass(frozen=True, slots=True)
+class CallerLookedUp:
+    """What the caller lookup came to (answered, unknown, timeout, error, invalid, too_large), and
+    the caller's data as kept (checked, capped, redacted)."""
+
+    call_sid: str
+    outcome: str
+    data: dict[str, Any] | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class CallTransferred:
     call_sid: str
     department: str
@@ -76,4 +87,4 @@ class TurnDone:
     gap_vector: Any = field(default=None)
 
 
-RecordEvent = CallReceived | CallRefused | CallAnswered | CallTransferred | CallEnded | TurnDone
+RecordEvent = CallReceived | CallRefused | CallAnswered | CallerLookedUp | CallTransferred | CallEnded | TurnDone
