@@ -21,8 +21,8 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from app.analysis.fields import FieldSpec, load_fields
-from app.analysis.model import response_format
+from app.analysis.fields import FieldSpec, load_fields, parse_fields
+from app.analysis.model import check, response_format
 from app.analysis.worker import AnalysisTimings, Analyst
 from app.brain.llm import LLM
 from app.notify.delivery import Delivery, DeliveryTimings
@@ -143,6 +143,20 @@ def test_a_bad_fields_file_stops_start_up_with_a_line_per_problem(tmp_path: Path
     ]
     assert f"ANALYSIS_FILE: {broken} is not valid YAML at line 3" in str(syntax.value.code)
     assert "ANALYSIS_INTENTS: intent 'sales!'" in str(intents.value.code)
+
+
+def test_what_the_model_answers_is_redacted_before_it_is_kept() -> None:
+    fields = parse_fields({"card_number": "integer", "pin": "number", "seats": "integer", "note": "string"}, "f")
+    said = {
+        "summary": "The caller read out 4111 1111 1111 1111 to pay. They were helped.",
+        "intent": "billing",
+        "need_met": "resolved",
+        "fields": {"card_number": 4111111111111111, "pin": 4321, "seats": 3, "note": "my SSN is 078-05-1120"},
+    }
+    kept = check(json.dumps(said), Settings(_env_file=None).analysis_intents, fields)
+    assert kept.summary == "The caller read out [card number] to pay. They were helped."
+    assert kept.fields == {"card_number": None, "pin": None, "seats": 3, "note": "my SSN is [social security number]"}
+    assert kept.empty == {"card_number": "redacted", "pin": "redacted"}
 
 
 # --- one replica, whole: the app on Hypercorn -----------------------------------------------------

@@ -57,6 +57,8 @@ def test_an_answer_is_kept_checked_capped_and_redacted() -> None:
         "missing": None,
         "bad key!": "x",
         "multi": "line one\nline two\x1b[31m",
+        "pin": 4321,  # a bare number, a secret by its key
+        "card 4111 1111 1111 1111": "on file",  # a key that is itself a secret: dropped
     }
     kept = parse_answer(json.dumps(answer).encode())
     assert kept.fields == {
@@ -65,8 +67,9 @@ def test_an_answer_is_kept_checked_capped_and_redacted() -> None:
         "vip": True,
         "card": "[card number]",
         "multi": "line one line two [31m",
+        "pin": "[redacted]",
     }
-    assert kept.dropped == 4 and kept.name == "Dana Whitfield"
+    assert kept.dropped == 5 and kept.name == "Dana Whitfield"
     with pytest.raises(AnswerRefused) as big:
         parse_answer(json.dumps({"notes": "x" * MAX_ANSWER_BYTES}).encode())
     with pytest.raises(AnswerRefused) as not_object:

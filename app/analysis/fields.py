@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from app.records.messages import clean_text
-from app.records.redact import redact
+from app.records.redact import redact, redact_labelled
 
 TYPES = ("string", "boolean", "number", "integer")
 MAX_FIELDS = 30
@@ -53,15 +53,17 @@ class FieldSpec:
             schema["description"] = self.description
         return schema
 
-    def value(self, raw: object) -> str | bool | int | float:
-        """`raw` as this field keeps it (strings cleaned and redacted); ValueError when it does not fit."""
+    def value(self, raw: object) -> str | bool | int | float | None:
+        """`raw` as this field keeps it (strings cleaned and redacted; None for a number that reads as
+        a secret after the field's name, such as a card or account number); ValueError when it does
+        not fit."""
         if self.type == "boolean" and isinstance(raw, bool):
             return raw
         if self.type == "integer" and isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
+            return raw if redact_labelled(self.name, str(raw)) == str(raw) else None
         if self.type == "number" and isinstance(raw, int | float) and not isinstance(raw, bool):
             if math.isfinite(raw):
-                return raw
+                return raw if redact_labelled(self.name, str(raw)) == str(raw) else None
         if self.type == "string" and isinstance(raw, str):
             text = redact(clean_text(raw, MAX_STRING_CHARS))
             if text:

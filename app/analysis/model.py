@@ -28,6 +28,7 @@ MAX_SUMMARY_SENTENCES = 3
 MAX_TRANSCRIPT_CHARS = 20_000
 MAX_LINE_CHARS = 1_000
 NOT_SAID = "not in the call"
+REDACTED = "redacted"  # a number that reads as a secret: never kept
 SCHEMA_NAME = "call_analysis"
 TRANSCRIPT_OPEN = "<transcript>"
 TRANSCRIPT_CLOSE = "</transcript>"
@@ -142,8 +143,10 @@ def check(content: str, intents: Sequence[str], fields: Sequence[FieldSpec]) -> 
         raw = given[spec.name]
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             values[spec.name], empty[spec.name] = None, NOT_SAID
-        else:
-            values[spec.name] = spec.value(raw)
+            continue
+        values[spec.name] = spec.value(raw)
+        if values[spec.name] is None:
+            empty[spec.name] = REDACTED
     return Analysis(summary, answer["intent"], answer["need_met"], values, empty, "model")
 
 

@@ -3,9 +3,10 @@
 The answer comes from outside (the business's CRM, or whatever CALLER_LOOKUP_URL reaches) and is
 treated like any other outside text: at most 4 KB, a flat JSON object whose keys look like names
 and whose values are strings, numbers or booleans; anything else is dropped. Strings become one
-line of printable text, capped, and go through `redact`. The model gets the result as data about
-the caller (see `app.brain.prompt`), never as instructions, and the greeting uses `name` only when
-it looks like a person's name.
+line of printable text, capped, and go through `redact`; a key that would be redacted is dropped,
+and a bare number that reads as a secret after its key ("pin": 1234) is kept redacted. The model
+gets the result as data about the caller (see `app.brain.prompt`), never as instructions, and the
+greeting uses `name` only when it looks like a person's name.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.records.messages import clean_text
-from app.records.redact import redact
+from app.records.redact import redact, redact_labelled
 
 MAX_ANSWER_BYTES = 4096
 MAX_FIELDS = 32
@@ -68,18 +69,22 @@ def parse_answer(body: bytes) -> CallerContext:
         raise AnswerRefused("invalid", "the answer is not a JSON object")
     fields: dict[str, Value] = {}
     for key, raw in data.items():
-        value = _value(raw)
-        if value is None or len(fields) >= MAX_FIELDS or not _KEY.match(key) or key in fields:
+        if len(fields) >= MAX_FIELDS or not _KEY.match(key) or redact(key) != key or key in fields:
             continue
-        fields[key] = value
+        value = _value(key, raw)
+        if value is not None:
+            fields[key] = value
     return CallerContext(fields, len(data) - len(fields))
 
 
-def _value(raw: Any) -> Value | None:
+def _value(key: str, raw: Any) -> Value | None:
     if isinstance(raw, bool):
         return raw
     if isinstance(raw, int | float):
-        return raw if math.isfinite(raw) and abs(raw) < _LARGEST_NUMBER else None
+        if not math.isfinite(raw) or abs(raw) >= _LARGEST_NUMBER:
+            return None
+        shown = redact_labelled(key, str(raw))  # a bare number is a secret by its key ("pin": 1234)
+        return raw if shown == str(raw) else shown
     if isinstance(raw, str):
         return redact(clean_text(raw, MAX_VALUE_CHARS)) or None
     return None  # null, lists and objects: the answer is flat
