@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint ask ingest eval bench configure call
+.PHONY: install run test lint ask ingest eval fit-abstention bench configure call
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,17 @@ configure: install
 call: install
 	$(PY) -m app.testing.phone $(ARGS)
 
-# Retrieval quality on a question set: make eval DOCS=<dir> QUESTIONS=<file.jsonl>
+# Retrieval quality on a question set: make eval DOCS=<dir> QUESTIONS="<file.jsonl> ..."
+#   [ARGS="--why --ablation --fit --write FILE --min abstain_f1=0.7"]
 eval: install
-	$(PY) -m app.knowledge.evaluate --docs "$(DOCS)" --questions "$(QUESTIONS)" $(ARGS)
+	$(PY) -m app.knowledge.evaluate --docs "$(DOCS)" --questions $(QUESTIONS) $(ARGS)
+
+# The shipped abstention model (app/knowledge/abstention.py), refitted on the data it came from.
+SHARED_EVAL ?= ../shared/eval
+fit-abstention: install
+	$(PY) -m app.knowledge.evaluate --fit \
+	  --docs $(SHARED_EVAL)/helpcenter/docs \
+	  --questions $(SHARED_EVAL)/helpcenter/questions.jsonl tests/eval/helpcenter_unanswerable.jsonl \
+	  --docs $(SHARED_EVAL)/stackfaq/docs \
+	  --questions $(SHARED_EVAL)/stackfaq/questions.jsonl tests/eval/stackfaq_unanswerable.jsonl \
+	  --docs knowledge --questions tests/eval/knowledge_questions.jsonl $(ARGS)

@@ -24,6 +24,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from app.knowledge.abstention import load_model
+
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 RECORDS_FILE = "records.sqlite3"
 # What DATABASE_URL may say, and the async driver each one is reached through.
@@ -94,6 +96,9 @@ class Settings(BaseSettings):
     chroma_host: str | None = None
     chroma_port: int = Field(8000, ge=1, le=65535)
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    # When the documents don't answer: a model written by `make eval … ARGS="--fit --write FILE"`;
+    # unset, the one shipped in app/knowledge/abstention.py.
+    abstention_model: Path | None = None
     ingest_max_file_mb: float = Field(20.0, gt=0)
     ingest_parse_timeout_s: float = Field(120.0, gt=0)
     # On a Chroma server: how long an ingest's lease outlives its last heartbeat (a killed ingest's lapses).
@@ -182,6 +187,12 @@ class Settings(BaseSettings):
                 "(http is for this machine alone: localhost, 127.0.0.1, ::1)"
             )
         return f"{parts.scheme}://{parts.netloc}"
+
+    @field_validator("abstention_model")
+    @classmethod
+    def _abstention_model(cls, value: Path | None) -> Path | None:
+        load_model(value)  # a file that is not a model written by `--fit --write` stops the start, saying why
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -11,13 +11,10 @@ from websockets.exceptions import InvalidStatus
 
 from app.brain.spoken_fallback import NO_ANSWER
 from app.brain.turn import APOLOGY_MID_ANSWER
-from app.testing.fake_openai import FakeOpenAI, Reply
+from app.testing.fake_openai import Reply
 from app.testing.speech_engine import SpeechEngineClient, mint_jwt
 from tests.support.config import API_KEY, SECRET
-
-
-def model_settings(fake: FakeOpenAI, **extra: object) -> dict[str, object]:
-    return {"openai_base_url": fake.base_url, "openai_model": "fake-model", "openai_api_key": "sk-fake", **extra}
+from tests.support.model import model_settings
 
 
 def counted(metrics: str, name: str, **labels: str) -> float:

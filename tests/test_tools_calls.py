@@ -221,6 +221,19 @@ async def test_a_message_is_stored_normalised_and_survives_an_immediate_hang_up(
     assert tool_results(fake_model.requests[1])[0]["ok"] is True
 
 
+async def test_words_before_a_tool_and_after_it_are_heard_as_two_sentences(
+    serve, call_settings, fake_elevenlabs, fake_model, twilio_api
+) -> None:
+    message = {"name": "Dana Smith", "callback_number": "(415) 555-0100", "message": "Please call me about my bill."}
+    fake_model.queue(
+        Reply.text("Sure, one moment.", tool_calls=[("take_message", json.dumps(message))]),
+        Reply.text("I've passed that on."),
+    )
+    async with phone_call(serve, call_settings, fake_elevenlabs, twilio_api) as phone:
+        answer = await phone.client.ask("can I leave a message for billing?")
+    assert answer.text == "Sure, one moment. I've passed that on."
+
+
 # --- what the caller and the documents cannot make happen ------------------------------------------
 
 

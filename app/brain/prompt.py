@@ -114,7 +114,7 @@ class Prompt:
 
 
 def reference_block(retrieval: Retrieval) -> str:
-    if retrieval.abstain or not retrieval.passages:
+    if retrieval.abstain:
         body = "(Nothing in the documents matches the caller's question.)"
     else:
         body = "\n".join(_passage(n, p) for n, p in enumerate(retrieval.passages, 1))

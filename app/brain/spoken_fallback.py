@@ -52,7 +52,7 @@ _STOP = frozenset(
 
 def extractive_answer(retrieval: Retrieval, question: str, encoder: QueryEncoder) -> str:
     """Blocking (embeds a few dozen sentences): run it in a thread."""
-    if retrieval.abstain or not retrieval.passages:
+    if retrieval.abstain:
         return NO_ANSWER
     candidates = [
         (rank, position, sentence, heading)

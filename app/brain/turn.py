@@ -284,6 +284,7 @@ class TurnPipeline:
         specs = tools.box.specs(offered) if tools is not None and offered else None
         messages = self.prompt.messages(clean, retrieval, offered, caller)
         spoke = acted = False
+        tail = " "  # the last character spoken so far
         for round_no in range(MAX_TOOL_ROUNDS + 1):
             calls: list[ToolCall] = []
             said: list[str] = []
@@ -298,8 +299,11 @@ class TurnPipeline:
                     call_prefix=f"call_{round_no}",
                     allow_empty=round_no > 0,
                 ):
+                    if not said and not tail.isspace() and not text[:1].isspace():
+                        text = " " + text  # a round after a tool goes on from the last: "Sure. I've…"
                     spoke = True
                     said.append(text)
+                    tail = text[-1:] or tail
                     yield text
             except LLMError as exc:
                 log.warning("model failed: %s", exc.reason)

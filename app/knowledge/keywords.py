@@ -94,10 +94,10 @@ class KeywordIndex:
         new.resize(new.shape[0], columns)
         return KeywordIndex(self.vocabulary, sp.vstack([kept, new], format="csr"))
 
-    def scores(self, query: str) -> np.ndarray | None:
-        """Each row's BM25 score for the query, or None when no query term is in the index. A term said
-        twice counts twice, as in bm25s."""
-        columns = [c for c in self.vocabulary.find(terms(query)) if c < self._weights.shape[1]]
+    def scores(self, words: Sequence[str]) -> np.ndarray | None:
+        """Each row's BM25 score for a question's `terms`, or None when none of them is in the index. A
+        term said twice counts twice, as in bm25s."""
+        columns = [c for c in self.vocabulary.find(words) if c < self._weights.shape[1]]
         if not columns:
             return None
         scores = np.zeros(self.rows, dtype=np.float32)
@@ -106,6 +106,11 @@ class KeywordIndex:
             start, end = indptr[column], indptr[column + 1]
             scores[indices[start:end]] += data[start:end]
         return scores
+
+    def found_in(self, words: set[str], row: int) -> int:
+        """How many of `words` (terms) the passage of `row` contains."""
+        start, end = self._frequencies.indptr[row], self._frequencies.indptr[row + 1]
+        return len(set(self.vocabulary.find(list(words))).intersection(self._frequencies.indices[start:end].tolist()))
 
 
 def _frequencies(vocabulary: Vocabulary, texts: Sequence[str]) -> sp.csr_matrix:

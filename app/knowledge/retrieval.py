@@ -1,5 +1,8 @@
 """Hybrid retrieval over the live index build: dense (Chroma) and BM25, fused, with abstention.
 
+Whether the documents answer at all is decided by `abstention.py` from signals of this same search
+(`measure`): no request or model beyond the ranking's own.
+
 Everything blocking (embedding the query, the Chroma requests, BM25 scoring) runs in one worker
 thread per turn, so a caller's turn never delays another caller's audio on the event loop. A build
 made live by `make ingest` is picked up between turns: the next one is prepared beside the current
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -19,9 +23,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.knowledge.abstention import AbstentionModel, Signals, load_model
 from app.knowledge.embedding import QueryEncoder
+from app.knowledge.keywords import terms
 from app.knowledge.manifest import Manifest
-from app.knowledge.search import LiveBuild
+from app.knowledge.search import Hit, LiveBuild
 from app.knowledge.store import StoreBusy, build_state, chunk_collection, http_client, open_embedded, store_lock
 from app.settings import Settings
 
@@ -35,9 +41,6 @@ PASSAGES = 4  # handed to the model
 # Cosine plus a little BM25 (keyword evidence: product names, error messages), the weight chosen on
 # the helpcenter dev set with `make eval`. A document ranks by its best passage.
 BM25_WEIGHT = 0.1
-# Below this cosine between the question and the best passage, the documents don't answer it.
-# Calibrated on the eval sets (`make eval`); see the closing note of the retrieval issue.
-ABSTAIN_BELOW = 0.42
 RELOAD_EVERY_S = 1.0
 
 
@@ -56,23 +59,30 @@ class Retrieval:
     passages: tuple[Passage, ...]
     build_id: int | None
     seconds: float
-
-    @property
-    def best_similarity(self) -> float:
-        return max((p.similarity for p in self.passages), default=0.0)
-
-    @property
-    def abstain(self) -> bool:
-        """The documents don't answer the question."""
-        return self.best_similarity < ABSTAIN_BELOW
+    signals: Signals
+    unanswerable: float  # the abstention model's probability that the documents don't answer
+    abstain: bool  # they don't: say so, hand the model no passages, note a knowledge gap
 
 
-def search(build: LiveBuild, embedding: np.ndarray, query: str, k: int) -> list[Passage]:
+@dataclass(frozen=True)
+class Candidates:
+    """What one search looked at, beyond the passages it hands on: what abstention is decided from."""
+
+    words: list[str]  # the question's keyword terms
+    nearest: list[Hit]  # by meaning, best first
+    keyword_row: int | None  # the best keyword match (None: no question term is in the index)
+    first: int | None  # the passage ranked first
+
+
+def search(build: LiveBuild, embedding: np.ndarray, query: str, k: int) -> tuple[list[Passage], Candidates]:
     """The best passages, by cosine plus weighted keyword score; the same text under two sources (a
     copied page) is said once."""
-    similarity = {hit.row: hit.similarity for hit in build.nearest(embedding, CANDIDATES)}
+    nearest = build.nearest(embedding, CANDIDATES)
+    words = terms(query)
+    keyword_scores = _keyword_scores(build, words)
+    similarity = {hit.row: hit.similarity for hit in nearest}
     score = dict(similarity)
-    for row, keyword_score in _keyword_scores(build, query).items():
+    for row, keyword_score in keyword_scores.items():
         score[row] = score.get(row, 0.0) + BM25_WEIGHT * keyword_score
     chosen: list[int] = []
     seen: set[int] = set()
@@ -82,15 +92,17 @@ def search(build: LiveBuild, embedding: np.ndarray, query: str, k: int) -> list[
             chosen.append(row)
             if len(chosen) == k:
                 break
-    return [
+    passages = [
         Passage(record.id, record.source, record.headings, record.text, score[row], similarity.get(row, 0.0))
         for row, record in build.records(chosen).items()
     ]
+    keyword_row = max(keyword_scores, key=keyword_scores.__getitem__) if keyword_scores else None
+    return passages, Candidates(words, nearest, keyword_row, chosen[0] if chosen else None)
 
 
-def _keyword_scores(build: LiveBuild, query: str) -> dict[int, float]:
+def _keyword_scores(build: LiveBuild, words: list[str]) -> dict[int, float]:
     """Keyword scores of the best passages, scaled so the best is 1."""
-    scores = build.keywords.scores(query)
+    scores = build.keywords.scores(words)
     if scores is None:
         return {}
     top = np.argpartition(-scores, CANDIDATES)[:CANDIDATES] if len(scores) > CANDIDATES else np.arange(len(scores))
@@ -98,6 +110,26 @@ def _keyword_scores(build: LiveBuild, query: str) -> dict[int, float]:
     if best <= 0:
         return {}
     return {int(n): float(scores[n]) / best for n in top if scores[n] > 0}
+
+
+def measure(build: LiveBuild, found: Candidates) -> Signals:
+    """The abstention signals of one search (see `Signals`)."""
+    if not found.nearest or found.first is None:
+        return Signals(0.0, 0.0, 0.0, 0.0, 0.0)
+    best = found.nearest[0]
+    document = build.sources[best.row]
+    other = next((hit.similarity for hit in found.nearest if build.sources[hit.row] != document), 0.0)
+    similarities = [hit.similarity for hit in found.nearest]  # a few dozen: plain Python beats numpy here
+    mean = sum(similarities) / len(similarities)
+    spread = math.sqrt(sum((s - mean) ** 2 for s in similarities) / len(similarities))
+    words = set(found.words)
+    return Signals(
+        similarity=best.similarity,
+        margin=best.similarity - other,
+        coverage=build.keywords.found_in(words, found.first) / len(words) if words else 0.0,
+        agreement=float(found.keyword_row is not None and build.sources[found.keyword_row] == document),
+        standout=(best.similarity - mean) / spread if spread > 0 else 0.0,
+    )
 
 
 class _Gate:
@@ -141,6 +173,7 @@ class Retriever:
     def __init__(self, settings: Settings, encoder: QueryEncoder) -> None:
         self.settings = settings
         self.encoder = encoder
+        self.abstention: AbstentionModel = load_model(settings.abstention_model)
         self.state = build_state(settings)
         self.build: LiveBuild | None = None
         self.error: str | None = None
@@ -225,8 +258,11 @@ class Retriever:
             build = self.build
             if build is None:
                 raise LookupError(self.error or "no index")
-            passages = tuple(search(build, embedding, query, k))
-        return Retrieval(passages, build.build_id, time.perf_counter() - started)
+            passages, found = search(build, embedding, query, k)
+            signals = measure(build, found)
+        unanswerable = self.abstention.probability(signals)
+        abstain = unanswerable >= self.abstention.threshold or not passages
+        return Retrieval(tuple(passages), build.build_id, time.perf_counter() - started, signals, unanswerable, abstain)
 
     async def retrieve(self, query: str) -> Retrieval:
         return await asyncio.to_thread(self.retrieve_sync, query)

@@ -10,6 +10,7 @@ mostly of other builds, never the rule.
 from __future__ import annotations
 
 import copy
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ class LiveBuild:
         ids: list[str],
         keywords: KeywordIndex,
         text_keys: list[int],
+        sources: list[str],
         stored: int,
         recent: _Recent | None = None,
     ) -> None:
@@ -55,6 +57,7 @@ class LiveBuild:
         self.rows = {record: row for row, record in enumerate(ids)}
         self.keywords = keywords
         self.text_keys = text_keys  # per row, equal for equal passage texts (a copied page)
+        self.sources = sources  # per row, the document it is from
         # Records of other builds in the collection when this one was loaded: how far to over-ask.
         self._others = max(stored - len(ids), 0)
         self._recent = recent or _Recent(RECENT_PASSAGES)
@@ -65,17 +68,18 @@ class LiveBuild:
         ids = collection.get(where=visible_in(build_id), include=[])["ids"]
         stored = collection.count()
         if previous is None or previous.collection.id != collection.id:
-            added, texts, keys = _texts(collection, ids)
-            return cls(build_id, collection, added, KeywordIndex.of(texts, Vocabulary()), keys, stored)
+            added, texts, keys, sources = _texts(collection, ids)
+            return cls(build_id, collection, added, KeywordIndex.of(texts, Vocabulary()), keys, sources, stored)
         current = set(ids)
         keep = [row for row, record in enumerate(previous.ids) if record in current]
-        added, texts, keys = _texts(collection, [record for record in ids if record not in previous.rows])
+        added, texts, keys, sources = _texts(collection, [record for record in ids if record not in previous.rows])
         return cls(
             build_id,
             collection,
             [previous.ids[row] for row in keep] + added,
             previous.keywords.changed(np.array(keep, dtype=np.int64), texts),
             [previous.text_keys[row] for row in keep] + keys,
+            [previous.sources[row] for row in keep] + sources,
             stored,
             previous._recent,
         )
@@ -135,12 +139,13 @@ class LiveBuild:
         ]
 
 
-def _texts(collection: Collection, ids: Sequence[str]) -> tuple[list[str], list[str], list[int]]:
-    """The records found, what keyword scoring reads of each (heading trail and passage), and a key per
-    passage text."""
+def _texts(collection: Collection, ids: Sequence[str]) -> tuple[list[str], list[str], list[int], list[str]]:
+    """The records found, what keyword scoring reads of each (heading trail and passage), a key per
+    passage text, and each one's document (one string per document)."""
     found_ids: list[str] = []
     texts: list[str] = []
     keys: list[int] = []
+    sources: list[str] = []
     for start in range(0, len(ids), _FETCH_BATCH):
         found = collection.get(ids=list(ids[start : start + _FETCH_BATCH]), include=["documents", "metadatas"])
         for record, document, metadata in zip(found["ids"], found["documents"], found["metadatas"], strict=True):
@@ -148,7 +153,8 @@ def _texts(collection: Collection, ids: Sequence[str]) -> tuple[list[str], list[
             found_ids.append(record)
             texts.append(chunk.embedded_text)
             keys.append(hash(chunk.text))
-    return found_ids, texts, keys
+            sources.append(sys.intern(chunk.source))
+    return found_ids, texts, keys, sources
 
 
 class _Recent:
