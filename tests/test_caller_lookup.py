@@ -23,6 +23,7 @@ from app.calls.shared import SharedState
 from app.observability import Metrics
 from app.settings import Settings
 from app.testing.fake_openai import FakeOpenAI, Reply
+from app.testing.live_server import bound_socket
 from app.testing.phone import CALLER, CallRecord, LocalSwitchboard, Phone
 from app.testing.twilio_caller import new_sid
 from tests.support.receiver import Receiver
@@ -259,3 +260,50 @@ async def test_the_answer_reaches_a_replica_that_did_not_make_the_lookup(redis, 
             for state in states:
                 await state.close()
     assert before is None and after.fields == DANA and after.name == "Dana Whitfield"
+
+
+async def test_every_way_a_lookup_can_fail_is_counted_and_recorded_and_gives_no_data() -> None:
+    """Straight against CallerLookups: an error status, an unknown number, a page that is not JSON, a
+    redirect (not followed), a receiver that refuses connections."""
+    recorded: list[Any] = []
+    closed = bound_socket()  # bound, never listening: connections are refused
+    async with (
+        Receiver(statuses=[500]) as failing,
+        Receiver(statuses=[404]) as unknown,
+        Receiver(body=b"<html><body>Login</body></html>") as html,
+        Receiver(statuses=[302]) as redirect,
+    ):
+        urls = {
+            "error": failing.url,
+            "unknown": unknown.url,
+            "invalid": html.url,
+            "redirect": redirect.url,
+            "refused": f"http://127.0.0.1:{closed.getsockname()[1]}/caller",
+        }
+        metrics = Metrics()
+        found = {}
+        for kind, url in urls.items():
+            settings = Settings(_env_file=None, caller_lookup_url=url, notify_webhook_secret=SECRET)
+            lookups = CallerLookups(settings, metrics, recorded.append)
+            lookups.start()
+            call_sid = new_sid("CA")
+            try:
+                lookups.begin(call_sid, CALLER)
+
+                async def over(lookups: CallerLookups = lookups, call_sid: str = call_sid) -> bool:
+                    return (await lookups.find(call_sid))[0]
+
+                await until(over, what=f"the {kind} lookup over")
+                found[kind] = await lookups.find(call_sid)
+            finally:
+                await lookups.stop()
+    closed.close()
+    counted = {
+        outcome: metrics.registry.get_sample_value("switchboard_caller_lookups_total", {"outcome": outcome})
+        for outcome in ("error", "unknown", "invalid")
+    }
+    assert found == dict.fromkeys(urls, (True, None))  # over, with nothing for the greeting or the model
+    assert counted == {"error": 3.0, "unknown": 1.0, "invalid": 1.0}
+    assert [(event.outcome, event.data) for event in recorded] == [
+        ("error", None), ("unknown", None), ("invalid", None), ("error", None), ("error", None)
+    ]  # fmt: skip
