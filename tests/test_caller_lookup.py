@@ -92,6 +92,9 @@ def lookup_settings(make_settings: Callable[..., Settings], fake_model: FakeOpen
         values: dict[str, Any] = {
             "database_url": f"sqlite:///{tmp_path / 'records.sqlite3'}",
             "caller_lookup_url": url,
+            # Generous, so a loaded machine never turns an answer into a timeout; the timeout's own
+            # tests set theirs.
+            "caller_lookup_timeout_ms": 10_000,
             "notify_webhook_secret": SECRET,
             "greeting": GREETING,
             "openai_base_url": fake_model.base_url,
@@ -153,7 +156,7 @@ async def test_an_answer_in_50_ms_names_the_caller_in_the_greeting_and_reaches_t
 
 async def test_a_lookup_that_never_answers_delays_nothing_and_is_counted(lookup_settings, fake_model) -> None:
     async with Receiver(hold=True) as crm:
-        settings = lookup_settings(crm.url, caller_lookup_timeout_ms=3000)
+        settings = lookup_settings(crm.url, caller_lookup_timeout_ms=8000)
         async with switchboard(settings) as (board, svc), Phone(board, CallRecord("model"), realtime=False) as phone:
             await phone.greeting(time.perf_counter())
             pending = (crm.held, lookups(svc, "timeout"))  # the greeting has been heard; the lookup goes on
@@ -166,7 +169,7 @@ async def test_a_lookup_that_never_answers_delays_nothing_and_is_counted(lookup_
 
 async def test_a_later_answer_reaches_the_model_from_the_next_turn_on(lookup_settings, fake_model) -> None:
     async with Receiver(hold=True, body=json.dumps(DANA).encode()) as crm:
-        settings = lookup_settings(crm.url, caller_lookup_timeout_ms=10_000)
+        settings = lookup_settings(crm.url)
         async with switchboard(settings) as (board, svc), Phone(board, CallRecord("model"), realtime=False) as phone:
             await phone.greeting(time.perf_counter())
             await phone.say("hi, I have a question", lambda _: None)

@@ -77,10 +77,12 @@ class CallerLookups:
             log.warning("caller lookup is off: CALLER_LOOKUP_URL is set, NOTIFY_WEBHOOK_SECRET is not (never unsigned)")
         if self.enabled:
             # No redirects and no proxy from the environment, as for the webhooks; no compression, so
-            # the 4 KB cap is on what arrives.
+            # the 4 KB cap is on what arrives. CALLER_LOOKUP_TIMEOUT_MS bounds each lookup (not httpx's
+            # own timeouts, which would cut a longer one short).
             self._client = httpx.AsyncClient(
                 follow_redirects=False,
                 trust_env=False,
+                timeout=None,
                 headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             )
 
