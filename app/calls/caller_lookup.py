@@ -152,6 +152,9 @@ class CallerLookups:
         except AnswerRefused as exc:
             log.warning("caller lookup answer refused: %s", exc, extra={"call_sid": call_sid})
             return exc.reason, None
+        if context.dropped:
+            log.info("caller lookup: %d entries of the answer not kept (not flat, empty, or a bad key)",
+                     context.dropped, extra={"call_sid": call_sid})  # fmt: skip
         return ("answered", context) if context.fields else ("unknown", None)
 
     async def _share(self, call_sid: str, context: CallerContext | None) -> None:
@@ -166,11 +169,6 @@ class CallerLookups:
             log.warning("caller lookup not shared: %s", one_line(exc), extra={"call_sid": call_sid})
 
     # --- what is known ----------------------------------------------------------------------------
-
-    def known(self, call_sid: str) -> CallerContext | None:
-        """This replica's answer about the call's caller, if it is in (never waits)."""
-        lookup = self._lookups.get(call_sid)
-        return lookup.context if lookup is not None else None
 
     async def find(self, call_sid: str) -> tuple[bool, CallerContext | None]:
         """(final, the caller's data): final once the lookup is over, here or on another replica
