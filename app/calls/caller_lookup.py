@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from app.calls.caller_context import MAX_ANSWER_BYTES, AnswerRefused, CallerContext, parse_answer
 from app.calls.control import CallControl
 from app.calls.shared import COMMAND_TIMEOUT_S, PREFIX, SharedState
-from app.notify.signature import HEADER, sign
+from app.notify.signature import signed_json
 from app.observability import Metrics, one_line
 from app.records.events import CallerLookedUp, RecordEvent
 from app.settings import Settings
@@ -135,7 +135,7 @@ class CallerLookups:
         assert self._client is not None and self.url is not None
         body = json.dumps({"caller": caller, "call_sid": call_sid}, separators=(",", ":")).encode()
         secret = self.settings.secret("notify_webhook_secret") or ""
-        headers = {"Content-Type": "application/json", HEADER: sign(secret, body, int(time.time()))}
+        headers = signed_json(secret, body)
         answer = bytearray()
         async with self._client.stream("POST", self.url, content=body, headers=headers) as response:
             if response.status_code in (204, 404):
