@@ -6,6 +6,7 @@ stand-ins and a lookup receiver (aiohttp) on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from app.calls.caller_context import MAX_ANSWER_BYTES, AnswerRefused, parse_answ
 from app.calls.caller_lookup import CallerLookups
 from app.calls.shared import SharedState
 from app.observability import Metrics
+from app.records import cli
 from app.settings import Settings
 from app.testing.fake_openai import FakeOpenAI, Reply
 from app.testing.live_server import bound_socket
@@ -144,7 +146,15 @@ async def test_an_answer_in_50_ms_names_the_caller_in_the_greeting_and_reaches_t
                 await phone.greeting(time.perf_counter())
                 await phone.say("what plan am I on?", lambda _: None)
                 initiation = board.engine.elevenlabs.conversations[0].initiation
+            await svc.records.recorder.flushed()
+            call_sid = phone.caller.call_sid
+            async with httpx.AsyncClient(base_url=board.server.http_url, auth=("admin", PASSWORD)) as web:
+                page = (await web.get(f"/admin/calls/{call_sid}")).text
+            shown = io.StringIO()
+            await cli.call(svc.settings, call_sid, True, shown)
     assert record.greeting == NAMED
+    assert json.loads(shown.getvalue())["caller_lookup"]["data"] == DANA  # kept with the call
+    assert "<dt>plan</dt><dd>Fiber 500</dd>" in page and "Caller lookup <small>answered</small>" in page
     assert initiation["conversation_config_override"] == {"agent": {"first_message": NAMED}}
     (asked,) = crm.requests
     assert signed_by(asked, SECRET)
