@@ -142,6 +142,9 @@ def test_a_bad_fields_file_stops_start_up_with_a_line_per_problem(tmp_path: Path
         "    field 'seats': type 'float' is not one of string, boolean, number, integer or {enum: [a, b]}",
     ]
     assert f"ANALYSIS_FILE: {broken} is not valid YAML at line 3" in str(syntax.value.code)
+    many = {f"choice_{n}": {"enum": [f"v{v}" for v in range(50)]} for n in range(11)}
+    with pytest.raises(ValueError, match="550 enum values in all: at most 500"):
+        parse_fields(many, "f")
     assert "ANALYSIS_INTENTS: intent 'sales!'" in str(intents.value.code)
 
 

@@ -10,7 +10,8 @@ A YAML mapping of field name to type, one field per line:
 
 Types: `string`, `boolean`, `number`, `integer`, or `{enum: [...]}` (strings). The long form
 `{type: ..., description: ...}` (or `{enum: [...], description: ...}`) adds a hint for the model.
-Names are lower-case letters, digits and `_`, starting with a letter. The file is checked at start,
+Names are lower-case letters, digits and `_`, starting with a letter; at most 30 fields, 50 values
+per enum and 500 in all (OpenAI's strict mode takes no more in one schema). The file is checked at start,
 and every problem is named on a line of its own.
 """
 
@@ -30,6 +31,7 @@ from app.records.redact import redact, redact_labelled
 TYPES = ("string", "boolean", "number", "integer")
 MAX_FIELDS = 30
 MAX_ENUM_VALUES = 50
+MAX_ENUM_VALUES_IN_ALL = 500  # what OpenAI's strict mode takes in one schema
 MAX_ENUM_CHARS = 60
 MAX_DESCRIPTION_CHARS = 300
 MAX_STRING_CHARS = 300  # a string value as kept
@@ -104,6 +106,9 @@ def parse_fields(data: object, where: str) -> tuple[FieldSpec, ...]:
             problems.append(str(exc))
     if len(data) > MAX_FIELDS:
         problems.append(f"{len(data)} fields: at most {MAX_FIELDS}")
+    values = sum(len(spec.values) for spec in fields)
+    if values > MAX_ENUM_VALUES_IN_ALL:
+        problems.append(f"{values} enum values in all: at most {MAX_ENUM_VALUES_IN_ALL}")
     if problems:
         raise ValueError("\n    ".join([f"{where}:", *problems]))
     return tuple(fields)
