@@ -396,6 +396,24 @@ async def test_without_a_model_rules_fill_summary_intent_and_need_met(
     assert replica.done("rules") == 6
 
 
+async def test_with_a_model_a_call_with_nothing_said_is_left_to_the_rules(
+    make_settings, fake_model: FakeOpenAI, tmp_path: Path, fields_file: Path
+) -> None:
+    settings = make_settings(
+        database_url=f"sqlite:///{tmp_path / 'records.sqlite3'}",
+        openai_base_url=fake_model.base_url,
+        openai_model="fake-model",
+        analysis_file=fields_file,
+    )
+    async with Analysing(settings) as replica:
+        record_call(replica.store.record, sid(21), [])
+        result = await analysed(replica.store.engine, sid(21))
+    assert fake_model.structured_requests == []
+    assert (result.analysis.method, result.analysis.need_met) == ("rules", "unresolved")
+    assert result.analysis.summary == "The caller hung up without saying anything."
+    assert set(result.analysis.empty.values()) == {"nothing said"}
+
+
 # --- several replicas on one PostgreSQL -------------------------------------------------------------
 
 

@@ -8,7 +8,8 @@
 - The intent is the default intent whose words the caller used most (complaint, technical problem,
   billing, sales, in that order on a tie), else question when they asked one, else other; only an
   intent of the configured list is chosen.
-- ANALYSIS_FILE's fields are left empty with the reason "no model".
+- ANALYSIS_FILE's fields are left empty with the reason "no model" (or "nothing said": a model is
+  not asked about a call in which the caller said nothing).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from app.records.redact import redact
 from app.settings import OTHER_INTENT
 
 NO_MODEL = "no model"
+NOTHING_SAID = "nothing said"  # with a model: a call the caller said nothing in is not sent to it
 MAX_REQUESTS = 3
 MAX_REQUEST_CHARS = 120
 # Turn outcomes after which the caller did not get an answer (see app.brain.turn).
@@ -56,14 +58,16 @@ _QUESTION_START = re.compile(
 )
 
 
-def rules_analysis(detail: CallDetail, intents: Sequence[str], fields: Sequence[FieldSpec]) -> Analysis:
+def rules_analysis(
+    detail: CallDetail, intents: Sequence[str], fields: Sequence[FieldSpec], why_empty: str = NO_MODEL
+) -> Analysis:
     said = [turn.caller_text for turn in detail.turns if turn.caller_text.strip()]
     return Analysis(
         summary=summary(detail, said),
         intent=intent(said, intents),
         need_met=need_met(detail, said),
         fields={spec.name: None for spec in fields},
-        empty={spec.name: NO_MODEL for spec in fields},
+        empty={spec.name: why_empty for spec in fields},
         method="rules",
     )
 

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analysis.fields import FieldSpec, load_fields
 from app.analysis.model import AnalysisFailed, model_analysis
-from app.analysis.rules import rules_analysis
+from app.analysis.rules import NOTHING_SAID, rules_analysis
 from app.brain.llm import LLM
 from app.observability import Metrics, one_line
 from app.records.analyses import Analysis, Leased, finish, give_back, lease_next
@@ -131,8 +131,10 @@ class Analyst:
             log.warning("call analysed, but another replica had taken it over: not kept", extra=extra)
 
     async def _make(self, detail: CallDetail) -> Analysis:
-        if not self.llm.enabled or not any(turn.caller_text.strip() for turn in detail.turns):
-            return rules_analysis(detail, self.intents, self.fields)  # nothing said: nothing for a model
+        if not self.llm.enabled:
+            return rules_analysis(detail, self.intents, self.fields)
+        if not any(turn.caller_text.strip() for turn in detail.turns):
+            return rules_analysis(detail, self.intents, self.fields, NOTHING_SAID)  # nothing for a model
         return await model_analysis(self.llm, self.settings.company_name, detail, self.intents, self.fields)
 
     def _event(self, detail: CallDetail, analysis: Analysis) -> dict[str, object]:
