@@ -17,6 +17,7 @@ from app.notify import cli as notify_cli
 from app.observability import configure_logging
 from app.private_files import owner_only
 from app.records import cli
+from app.records.analyses import NEED_MET
 from app.records.messages import parse_since
 from app.serving.server import serve_until_drained
 from app.serving.workers import supervise
@@ -45,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     calls.add_argument(
         "--limit", type=int, default=cli.LIST_LIMIT, help=f"at most this many (default {cli.LIST_LIMIT})"
     )
+    calls.add_argument("--intent", help="only calls analysed with this intent (e.g. billing)")
+    calls.add_argument(
+        "--need-met", choices=NEED_MET, help="only calls analysed with this outcome for the caller's need"
+    )
     calls.add_argument("--json", action="store_true", help="one JSON document, for machines")
     gaps = commands.add_parser("gaps", help="questions the documents could not answer, most asked first")
     gaps.add_argument("--handled", action="store_true", help="the gaps marked handled instead of the open ones")
@@ -70,7 +75,7 @@ def _read(command: str, args: argparse.Namespace) -> int:
         return 2
     if command == "calls":
         if not args.show:
-            return asyncio.run(cli.calls(settings, since, args.json, args.limit, out))
+            return asyncio.run(cli.calls(settings, since, args.json, args.limit, out, args.intent, args.need_met))
         if len(args.show) != 2 or args.show[0] != "show":
             print("usage: python -m app calls show CALL_SID [--json]", file=sys.stderr)
             return 2
