@@ -202,7 +202,6 @@ class Phone:
             await self.caller.open_stream()
             await self.caller.connected()
             await self.caller.start()
-            self._live = await self.board.services.registry.find(call_sid=call_sid, timeout=GREETING_TIMEOUT_S)
         except BaseException:
             await self.__aexit__()
             raise
@@ -235,6 +234,9 @@ class Phone:
                 kind, value = await self.happenings.get()
                 if kind == "started":
                     self.record.greeting = value.text or None
+                    # The conversation is open, so the server's registry holds the call.
+                    sid = self.caller.call_sid
+                    self._live = await self.board.services.registry.find(call_sid=sid, timeout=GREETING_TIMEOUT_S)
                     break
                 if await self._call_over(kind, value):
                     return
