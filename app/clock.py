@@ -8,10 +8,10 @@ from typing import Protocol
 
 
 class Clock(Protocol):
-    def now(self) -> datetime:
-        """The current time, timezone-aware."""
+    def now(self, call_sid: str | None = None) -> datetime:
+        """The current time, timezone-aware (`call_sid`: as that call sees it)."""
 
 
 class SystemClock:
-    def now(self) -> datetime:
+    def now(self, call_sid: str | None = None) -> datetime:
         return datetime.now(UTC)

@@ -14,6 +14,8 @@ from app.brain.llm import LLM
 from app.brain.prompt import Prompt
 from app.brain.tools import Toolbox
 from app.brain.turn import TurnPipeline
+from app.callbacks.dialer import Dialer, Planner
+from app.callbacks.store import CallbackStore
 from app.calls.registry import InProcessCallRegistry
 from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState, SharedTransfers
 from app.clock import Clock, SystemClock
@@ -53,6 +55,12 @@ class Services:
         self.toolbox: Toolbox | None = None
         self.records = RecordsStore(settings, self.metrics, self._embed_question)
         self.delivery = Delivery(settings, self.metrics, self.records.engine, self.records.outbox, self.records.ready)
+        # Call-backs of messages: kept in the records store, placed by whichever replica takes each try.
+        self.callbacks = CallbackStore(self.records.engine)
+        self.planner = Planner(settings, self.directory)
+        self.dialer = Dialer(
+            settings, self.metrics, self.callbacks, self.planner, self.clock, self.telephony.slots, self.records.ready
+        )
         self.telephony.observers += [self.registry, self.records]
         self.drain = Drain(self)
         self.logins = Logins(self.metrics)
@@ -84,6 +92,7 @@ class Services:
             log.warning(line)
         await self.telephony.start()
         await self.call_actions.start()
+        self.dialer.start()
         self.toolbox = Toolbox(
             self.settings, self.metrics, self.registry, self.call_actions, self.records, self.directory
         )
@@ -110,6 +119,7 @@ class Services:
     async def stop(self) -> None:
         await self.drain.close()
         await self.registry.close()
+        await self.dialer.stop()
         await self.call_actions.aclose()
         await self.telephony.stop()
         await self.delivery.stop()

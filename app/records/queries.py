@@ -72,6 +72,8 @@ class CallRow:
     conversation_id: str | None
     transfer_department: str | None = None
     transfer_result: str | None = None
+    direction: str = "inbound"  # or outbound: a call-back the agent placed
+    message_id: int | None = None  # the message an outbound call returned
 
     @property
     def caller_masked(self) -> str:
@@ -114,6 +116,8 @@ class CallRow:
             "transfer": self.transfer,
             "turns": self.turns,
             "conversation_id": self.conversation_id,
+            "direction": self.direction,
+            "message_id": self.message_id,
         }
 
 
