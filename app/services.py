@@ -15,7 +15,6 @@ from app.brain.prompt import Prompt
 from app.brain.tools import Toolbox
 from app.brain.turn import TurnPipeline
 from app.callbacks.dialer import Dialer, Planner
-from app.callbacks.store import CallbackStore
 from app.calls.registry import InProcessCallRegistry
 from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState, SharedTransfers
 from app.clock import Clock, SystemClock
@@ -56,7 +55,7 @@ class Services:
         self.records = RecordsStore(settings, self.metrics, self._embed_question)
         self.delivery = Delivery(settings, self.metrics, self.records.engine, self.records.outbox, self.records.ready)
         # Call-backs of messages: kept in the records store, placed by whichever replica takes each try.
-        self.callbacks = CallbackStore(self.records.engine)
+        self.callbacks = self.records.callbacks
         self.planner = Planner(settings, self.directory)
         self.dialer = Dialer(
             settings, self.metrics, self.callbacks, self.planner, self.clock, self.telephony.slots, self.records.ready

@@ -16,15 +16,14 @@ import pytest
 from sqlalchemy import select
 
 from app.callbacks.store import Callback
-from app.records.schema import calls
 from app.records.messages import Message
+from app.records.schema import calls
 from app.speech_engine_contract import CALL_SID_HEADER
 from app.testing.clock import SetClock
 from app.testing.fake_elevenlabs import first_message
 from app.testing.live_server import LiveServer
 from app.testing.speech_engine import SpeechEngineClient
 from app.testing.twilio_dial import Colleague
-from app.testing.twilio_outbound import Callee
 from tests.support.config import API_KEY, PUBLIC_URL, SECRET
 from tests.support.phone import FAST_ACTIONS, FAST_BRIDGE
 
