@@ -8,13 +8,14 @@ import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from app.callbacks.lines import voicemail_line
 from app.callbacks.store import Callback
 from app.records.messages import Message
 from app.records.schema import calls
@@ -24,8 +25,10 @@ from app.testing.fake_elevenlabs import first_message
 from app.testing.live_server import LiveServer
 from app.testing.speech_engine import SpeechEngineClient
 from app.testing.twilio_dial import Colleague
+from app.testing.twilio_outbound import Callee
 from tests.support.config import API_KEY, PUBLIC_URL, SECRET
 from tests.support.phone import FAST_ACTIONS, FAST_BRIDGE
+from tests.support.waiting import until
 
 OUR_NUMBER = "+12025550100"  # TWILIO_PHONE_NUMBER
 CALLEE = "+13125550147"  # Chicago: America/Chicago
@@ -161,3 +164,136 @@ async def test_a_person_answers_hears_why_the_agent_calls_and_is_put_through_to_
         record = await record_of(o, placed.sid)
         assert record.direction == "outbound" and record.message_id == message.id
         assert record.transferred_to == "sales"
+
+
+async def test_a_machine_answers_the_agent_leaves_a_voicemail_after_the_beep_then_hangs_up(
+    office, twilio_api, fake_elevenlabs
+) -> None:
+    twilio_api.callees[CALLEE] = Callee("machine")
+    async with office() as o:
+        message = await o.message("My router keeps dropping the connection", department=None)
+        await o.call_back(message)
+        placed = await twilio_api.placed_call(0)
+        conv = await fake_elevenlabs.conversation(0)
+        said = first_message(conv.initiation)
+        await placed.done.wait()  # the voicemail played, the bridge hung up, Twilio ended the call
+        state = await o.state(message)
+    assert said == voicemail_line(o.svc.settings, "Dana Whitfield", message.message)
+    assert "Please call us back on 2 0 2, 5 5 5, 0 1 0 0. Goodbye." in said
+    assert placed.answer is not None and placed.answer.parameters["callback"].endswith(":voicemail")
+    leg = placed.leg
+    assert leg is not None and leg.media, "the machine heard the agent's own voice (ElevenLabs audio)"
+    assert leg.close_code == 1000 and not leg.hung_up  # the server ended the stream...
+    assert placed.action is not None and placed.action.verbs == ["Hangup"]  # ...and then hung up
+    assert placed.statuses[-1] == "completed"
+    assert state.state == "voicemail" and state.shown() == "voicemail left"
+
+
+async def test_a_fax_is_hung_up_on_and_never_called_again(office, twilio_api) -> None:
+    twilio_api.callees[CALLEE] = Callee("fax")
+    async with office() as o:
+        message = await o.message("Please call me", department=None)
+        await o.call_back(message)
+        placed = await twilio_api.placed_call(0)
+        await placed.done.wait()
+        state = await o.state(message)
+    assert placed.answer is not None and placed.answer.verbs == ["Hangup"] and placed.leg is None
+    assert state.shown() == "not called: a fax machine answered"
+
+
+# Monday 03:00 in Chicago (09:00 UTC); 08:00 there is 14:00 UTC.
+MONDAY_03_CHICAGO = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+# Saturday 10:00 in Chicago: the callee may be called, sales (Monday to Friday, New York) is closed.
+SATURDAY_10_CHICAGO = datetime(2026, 12, 5, 16, 0, tzinfo=UTC)
+MONDAY_09_NEW_YORK = datetime(2026, 12, 7, 14, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("at", "department", "allowed"),
+    [(MONDAY_03_CHICAGO, None, MONDAY_09_NEW_YORK), (SATURDAY_10_CHICAGO, "sales", MONDAY_09_NEW_YORK)],
+    ids=["callee-asleep", "department-closed"],
+)
+async def test_nobody_is_dialled_outside_the_callees_hours_or_while_the_department_is_closed(
+    office, twilio_api, at, department, allowed
+) -> None:
+    async with office(at) as o:
+        message = await o.message("Question about my bill", department=department)
+        scheduled = await o.call_back(message)
+        await o.passed()
+        assert twilio_api.creates_seen == 0
+        o.clock.set(allowed - timedelta(minutes=1))
+        await o.passed()
+        assert twilio_api.creates_seen == 0 and (await o.state(message)).state == "scheduled"
+        o.clock.set(allowed)
+        placed = await twilio_api.placed_call(0)
+    assert scheduled.due_at == allowed and scheduled.shown() == "scheduled for 2026-12-07 14:00 UTC"
+    assert placed.to == CALLEE and twilio_api.creates_seen == 1
+
+
+async def test_busy_then_no_answer_then_answered_is_three_tries_spaced_as_configured(office, twilio_api) -> None:
+    twilio_api.callees[CALLEE] = [Callee("busy"), Callee("no_answer"), Callee("human")]
+    start = MONDAY_10_CHICAGO
+    async with office(start, callback_retry_minutes=90, callback_attempts=3) as o:
+        message = await o.message("Please call me about my upgrade", department=None)
+        await o.call_back(message)
+        first = await twilio_api.placed_call(0)
+        await first.done.wait()
+        after_busy = await until(lambda: _settled(o, message), what="the busy try settled")
+        o.clock.set(start + timedelta(minutes=89))
+        await o.passed()
+        assert len(twilio_api.placed) == 1
+        o.clock.set(start + timedelta(minutes=90))
+        second = await twilio_api.placed_call(1)
+        await second.done.wait()
+        after_no_answer = await until(lambda: _settled(o, message), what="the unanswered try settled")
+        o.clock.set(start + timedelta(minutes=179))
+        await o.passed()
+        assert len(twilio_api.placed) == 2
+        o.clock.set(start + timedelta(minutes=180))
+        third = await twilio_api.placed_call(2)
+        await twilio_api.wait_for(lambda: third.leg is not None)
+        reached = await until(lambda: _done(o, message), what="the third try answered")
+    assert [p.statuses[-1] for p in (first, second)] == ["busy", "no-answer"]
+    assert after_busy.due_at == start + timedelta(minutes=90) and after_busy.last_result == "busy"
+    assert after_no_answer.due_at == start + timedelta(minutes=180) and after_no_answer.last_result == "no_answer"
+    assert after_no_answer.shown() == "scheduled for 2026-12-07 19:00 UTC (try 3; last: no answer)"
+    assert reached.state == "reached" and reached.attempts == 3 and len(twilio_api.placed) == 3
+
+
+async def test_after_the_last_try_the_message_says_no_answer_after_n_tries(office, twilio_api) -> None:
+    twilio_api.callees[CALLEE] = Callee("no_answer")
+    async with office(callback_attempts=2) as o:
+        message = await o.message("Call me", department=None)
+        await o.call_back(message)
+        await (await twilio_api.placed_call(0)).done.wait()
+        await until(lambda: _settled(o, message), what="the first try settled")
+        o.clock.set(MONDAY_10_CHICAGO + timedelta(hours=1))
+        await (await twilio_api.placed_call(1)).done.wait()
+        last = await until(lambda: _done(o, message), what="the last try settled")
+        o.clock.set(MONDAY_10_CHICAGO + timedelta(days=1))
+        await o.passed()
+    assert last.shown() == "no answer after 2 tries" and len(twilio_api.placed) == 2
+
+
+async def _settled(o: Office, message: Message) -> Callback | None:
+    found = await o.state(message)
+    return found if found.state == "scheduled" and found.last_result else None
+
+
+async def _done(o: Office, message: Message) -> Callback | None:
+    found = await o.state(message)
+    return found if found.state not in ("scheduled", "calling") else None
+
+
+@pytest.mark.parametrize(
+    ("number", "why"),
+    [("+19005550199", "it is a premium-rate number"), ("+1555", "it is not a valid phone number")],
+    ids=["premium-rate", "invalid"],
+)
+async def test_a_number_that_cannot_be_called_is_never_dialled_and_says_why(office, twilio_api, number, why) -> None:
+    async with office() as o:
+        message = await o.message("Call me", number=number, department=None)
+        scheduled = await o.call_back(message)
+        await o.passed()
+    assert scheduled.state == "not_callable" and scheduled.shown() == f"not called: {why}"
+    assert twilio_api.creates_seen == 0

@@ -148,19 +148,31 @@ class Dialer:
                 async with asyncio.timeout(self.timings.store_timeout):
                     due = await self.store.due(self.clock.now())
                 for callback in due:
-                    await self._try(callback.id, callback.number, callback.message_id)
+                    await self._try(callback.id, callback.number)
+                wait = await self._until_next()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is away: look again next round
                 log.warning("call-backs not looked at: %s", one_line(exc))
+                wait = self.timings.poll
             async with self._passed:
                 self.passes += 1
                 self._passed.notify_all()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.timings.poll):
+                async with asyncio.timeout(wait):
                     await self._woken.wait()
 
-    async def _try(self, callback_id: int, number: str, message_id: int) -> None:
+    async def _until_next(self) -> float:
+        """Seconds to the next scheduled try (so it is placed on time), at most `poll` (another
+        replica may schedule one sooner)."""
+        async with asyncio.timeout(self.timings.store_timeout):
+            next_due = await self.store.next_due()
+        now = self.clock.now()
+        if next_due is None or next_due <= now:
+            return self.timings.poll
+        return min(self.timings.poll, (next_due - now).total_seconds())
+
+    async def _try(self, callback_id: int, number: str) -> None:
         now = self.clock.now()
         if await self.store.listed(number):
             await self.store.close(callback_id, DO_NOT_CALL, now)

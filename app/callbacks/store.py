@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -147,6 +147,12 @@ class CallbackStore:
                 select(*_COLUMNS).where(_claimable(now)).order_by(callbacks.c.due_at, callbacks.c.id).limit(limit)
             )
             return [Callback(**row._mapping) for row in rows]
+
+    async def next_due(self) -> datetime | None:
+        """When the soonest scheduled try is due."""
+        async with self.engine.connect() as conn:
+            found = await conn.execute(select(func.min(callbacks.c.due_at)).where(callbacks.c.state == SCHEDULED))
+            return found.scalar_one_or_none()
 
     async def take(self, callback_id: int, now: datetime, lease: timedelta) -> Taken | None:
         """Take the next try by a lease; None when another replica has it (or it is no longer due)."""

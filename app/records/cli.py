@@ -129,7 +129,8 @@ async def messages(settings: Settings, when: datetime | None, as_json: bool, out
             state = "  (handled)" if m.handled_at else ""
             department = f"  for {m.department}" if m.department else ""
             print(
-                f"#{m.id}  {_when(m.created_at)}  {m.name}  {m.callback_number}{department}  (call {m.call_sid or '-'}){state}",
+                f"#{m.id}  {_when(m.created_at)}  {m.name}  {m.callback_number}{department}  "
+                f"(call {m.call_sid or '-'}){state}",
                 file=out,
             )
             print(f"    {m.message}", file=out)
