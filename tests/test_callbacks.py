@@ -4,7 +4,15 @@ calling hours, with the clock set by the test."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,13 +20,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
+from app.brain.tools.do_not_call import DONE_LINE
+from app.callbacks.dialer import Planner
 from app.callbacks.lines import voicemail_line
 from app.callbacks.store import Callback
+from app.clock import SystemClock
+from app.departments.directory import Directory
 from app.records.messages import Message
 from app.records.schema import calls
+from app.records.store import open_for_reading
+from app.settings import Settings
 from app.speech_engine_contract import CALL_SID_HEADER
 from app.testing.clock import SetClock
 from app.testing.fake_elevenlabs import first_message
@@ -26,10 +41,12 @@ from app.testing.live_server import LiveServer
 from app.testing.speech_engine import SpeechEngineClient
 from app.testing.twilio_dial import Colleague
 from app.testing.twilio_outbound import Callee
-from tests.support.config import API_KEY, PUBLIC_URL, SECRET
+from tests.support.config import ACCOUNT_SID, API_KEY, ENGINE_ID, PUBLIC_URL, SECRET, TWILIO_TOKEN
 from tests.support.phone import FAST_ACTIONS, FAST_BRIDGE
+from tests.support.servers import AppProcess
 from tests.support.waiting import until
 
+PASSWORD = "correct horse battery staple"
 OUR_NUMBER = "+12025550100"  # TWILIO_PHONE_NUMBER
 CALLEE = "+13125550147"  # Chicago: America/Chicago
 SALES = "+12025550143"
@@ -297,3 +314,185 @@ async def test_a_number_that_cannot_be_called_is_never_dialled_and_says_why(offi
         await o.passed()
     assert scheduled.state == "not_callable" and scheduled.shown() == f"not called: {why}"
     assert twilio_api.creates_seen == 0
+
+
+async def test_dont_call_me_again_puts_the_number_on_the_list_and_later_call_backs_are_refused(
+    office, twilio_api, fake_elevenlabs
+) -> None:
+    async with office(admin_password=PASSWORD) as o:
+        first = await o.message("About my bill", department=None)
+        await o.call_back(first)
+        placed = await twilio_api.placed_call(0)
+        conv = await fake_elevenlabs.conversation(0)
+        async with await SpeechEngineClient.open(
+            f"{o.server.ws_url}/ws", api_key=API_KEY, shared_secret=SECRET, headers={CALL_SID_HEADER: placed.sid}
+        ) as person:
+            await person.init(conv.conversation_id)
+            answer = await person.ask("that's sorted now, and please don't call me again")
+        later = await o.message("Another question", department=None)
+        refused = await o.call_back(later)
+        await o.passed()
+        placed_while_listed = len(twilio_api.placed)
+        async with httpx.AsyncClient(base_url=o.server.http_url, auth=("admin", PASSWORD)) as web:
+            listed = await web.get("/admin/do-not-call")
+            messages_page = await web.get("/admin/messages")
+            action, token = re.search(
+                r'action="([^"]+/do-not-call/remove)"[^>]*>\s*<input type="hidden" name="csrf_token" value="([^"]+)"',
+                listed.text,
+            ).groups()
+            removed = await web.post(action, data={"csrf_token": token, "number": CALLEE})
+            after = await web.get("/admin/do-not-call")
+        again = await o.call_back(later)
+    assert answer.text.startswith(DONE_LINE)
+    assert refused.state == "do_not_call" and refused.shown() == "do not call"
+    assert placed_while_listed == 1
+    assert CALLEE in listed.text and f"asked on call {placed.sid}" in listed.text
+    assert "do not call" in messages_page.text
+    assert removed.status_code == 303 and CALLEE not in after.text
+    assert again.state == "scheduled"
+
+
+async def test_two_replicas_on_one_postgresql_store_place_a_call_back_once(
+    serve, call_settings, twilio_api, departments_file, tmp_path, postgres
+) -> None:
+    twilio_api.callees[CALLEE] = Callee("busy")
+    settings = {
+        **call_settings,
+        "openai_model": None,
+        "transfer_targets": {},
+        "departments_file": departments_file,
+        "twilio_phone_number": OUR_NUMBER,
+        "callback_attempts": 1,
+        "database_url": postgres.create_database(f"callbacks_{uuid.uuid4().hex[:10]}"),
+    }
+    clock = SetClock(MONDAY_10_CHICAGO)
+    async with serve(clock=clock, **settings) as one, serve(clock=clock, **settings) as two:
+        replicas = [server.app.extensions["switchboard"] for server in (one, two)]
+        twilio_api.app_url, twilio_api.app_public_url = one.http_url, PUBLIC_URL
+        for svc in replicas:
+            await svc.records.ready.wait()
+        message = await replicas[0].records.messages.add(
+            name="Dana", callback_number=CALLEE, message="Call me", call_sid=None, caller=None, conversation_id=None
+        )
+        soon = MONDAY_10_CHICAGO + timedelta(minutes=1)
+        await replicas[0].callbacks.schedule(message.id, soon, replicas[0].planner.plan, clock.now())
+        await asyncio.gather(*(svc.dialer.passed() for svc in replicas))
+        assert twilio_api.creates_seen == 0
+        clock.set(soon)  # due for both at once: they race for it
+        await asyncio.gather(*(svc.dialer.passed() for svc in replicas))
+        await (await twilio_api.placed_call(0)).done.wait()
+        done = await until(lambda: _final(replicas[1], message.id), what="the try settled")
+        await asyncio.gather(*(svc.dialer.passed() for svc in replicas))
+    assert twilio_api.creates_seen == 1 and len(twilio_api.placed) == 1
+    assert done.shown() == "no answer after 1 try"
+
+
+async def _final(svc: Any, message_id: int) -> Callback | None:
+    found = await svc.callbacks.get(message_id)
+    return found if found is not None and found.state not in ("scheduled", "calling") else None
+
+
+async def test_killed_between_scheduled_and_placed_the_restarted_server_places_the_call_once(
+    twilio_api, fake_elevenlabs, shared_data_dir, kb_index, tmp_path
+) -> None:
+    twilio_api.callees[CALLEE] = Callee("busy")
+    database = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    env = {
+        "PUBLIC_URL": PUBLIC_URL,
+        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_API_BASE_URL": twilio_api.base_url,
+        "TWILIO_PHONE_NUMBER": OUR_NUMBER,
+        "ELEVENLABS_API_KEY": API_KEY,
+        "ELEVENLABS_BASE_URL": fake_elevenlabs.base_url,
+        "SPEECH_ENGINE_ID": ENGINE_ID,
+        "SHARED_SECRET": SECRET,
+        "DATA_DIR": str(shared_data_dir),
+        "INDEX_DIR": str(kb_index),
+        "DATABASE_URL": database,
+        "CALLBACK_HOURS": "00:00-24:00",
+        "CALLBACK_ATTEMPTS": "1",
+        "CALL_LEASE_SECONDS": "3",
+    }
+    settings = Settings(_env_file=None, data_dir=shared_data_dir, database_url=database, callback_hours="00:00-24:00")
+    store = await open_for_reading(settings)
+    try:
+        message = await store.messages.add(
+            name="Dana", callback_number=CALLEE, message="Call me", call_sid=None, caller=None, conversation_id=None
+        )
+        now = datetime.now(UTC)
+        directory = Directory(settings.model_copy(update={"departments_file": None}), SystemClock())
+        await store.callbacks.schedule(message.id, now, Planner(settings, directory).plan, now)
+    finally:
+        await store.stop()
+    twilio_api.hold_creates = asyncio.Event()  # the create request waits at Twilio's door...
+    server = AppProcess(env, tmp_path)
+    try:
+        await server.start()
+        twilio_api.app_url, twilio_api.app_public_url = server.url, PUBLIC_URL
+        await twilio_api.wait_for(lambda: twilio_api.creates_seen == 1)
+        taken = await _read_callback(settings, message.id)
+        server.signal(signal.SIGKILL)  # ...and the server dies with the try taken, the call not placed
+        assert await asyncio.to_thread(server.wait, 30) == -signal.SIGKILL
+        twilio_api.refusing_held = True
+        twilio_api.hold_creates.set()
+        twilio_api.hold_creates = None
+        await server.start()
+        placed = await twilio_api.placed_call(0, timeout=30)
+        await placed.done.wait()
+        final = await until(lambda: _read_final(settings, message.id), what="the try settled", timeout=30)
+    finally:
+        server.stop()
+    assert taken.state == "calling" and taken.call_sid is None and taken.attempts == 1
+    assert len(twilio_api.placed) == 1 and twilio_api.creates_seen == 2  # one never reached Twilio
+    assert final.attempts == 1 and final.call_sid == placed.sid and final.shown() == "no answer after 1 try"
+
+
+async def _read_callback(settings: Settings, message_id: int) -> Callback:
+    store = await open_for_reading(settings)
+    try:
+        found = await store.callbacks.get(message_id)
+    finally:
+        await store.stop()
+    assert found is not None
+    return found
+
+
+async def _read_final(settings: Settings, message_id: int) -> Callback | None:
+    found = await _read_callback(settings, message_id)
+    return found if found.state not in ("scheduled", "calling") else None
+
+
+def test_the_cli_schedules_a_call_back_for_the_first_moment_the_rules_allow(shared_data_dir, tmp_path) -> None:
+    database = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    settings = Settings(_env_file=None, data_dir=shared_data_dir, database_url=database)
+
+    async def add() -> int:
+        store = await open_for_reading(settings)
+        try:
+            saved = await store.messages.add(
+                name="Dana", callback_number=CALLEE, message="Call me", call_sid=None, caller=None,
+                conversation_id=None,
+            )  # fmt: skip
+        finally:
+            await store.stop()
+        return saved.id
+
+    message_id = asyncio.run(add())
+    env = {**os.environ, "DATA_DIR": str(shared_data_dir), "DATABASE_URL": database}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "app", *args]
+        return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    # 10:00 UTC is 04:00 in Chicago: the first moment allowed is 08:00 there, 14:00 UTC.
+    scheduled = run("call-back", str(message_id), "--at", "2030-01-07 10:00")
+    listed = run("messages", "--json")
+    unknown = run("call-back", "999999")
+    wrong = run("call-back", str(message_id), "--at", "next tuesday")
+    assert scheduled.returncode == 0, scheduled.stderr
+    assert scheduled.stdout.strip() == f"Message {message_id}: call-back scheduled for 2030-01-07 14:00 UTC."
+    (entry,) = [m for m in json.loads(listed.stdout) if m["id"] == message_id]
+    assert entry["callback"]["state"] == "scheduled" and entry["callback"]["due_at"] == "2030-01-07T14:00:00+00:00"
+    assert unknown.returncode == 1 and "There is no message 999999." in unknown.stderr
+    assert wrong.returncode == 2 and "--at 'next tuesday'" in wrong.stderr

@@ -14,8 +14,9 @@ Calls placed through `Calls.json` (To, From, Url, StatusCallback, StatusCallback
 MachineDetection, AsyncAmd, AsyncAmdStatusCallback, Timeout) are run as Twilio runs them
 (`twilio_outbound`): the `Callee` at the number (`callees`; a list is used one per call, the last
 one kept) answers or not, and Twilio's requests reach the server at `app_url` signed for
-`app_public_url`. `hold_creates` keeps each create request waiting until it is set (a server
-killed while it waits never placed the call).
+`app_public_url`. `hold_creates` keeps each create request waiting until it is set; with
+`refusing_held` it then fails as a request that never reached Twilio (a server killed while it
+waited never placed the call).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class FakeTwilioApi:
         self.placed: list[Placed] = []
         self.creates_seen = 0  # create requests received, placed or not
         self.hold_creates: asyncio.Event | None = None
+        self.refusing_held = False  # a held create then fails as if it never reached Twilio
         self.updated: set[str] = set()  # calls a REST update moved off their stream
         self.app_url: str | None = None
         self.app_public_url: str | None = None
@@ -275,6 +277,8 @@ class FakeTwilioApi:
             await self.changed()
             if self.hold_creates is not None:
                 await self.hold_creates.wait()
+                if self.refusing_held:
+                    return TwilioError(503, 20500, "Service unavailable").body(), 503
             posted = await request.form
             form = {name: posted.get(name, "") for name in posted}
             for name, code in (("To", 21201), ("From", 21603), ("Url", 21205)):
