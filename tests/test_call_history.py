@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.records.database import create_engine
-from app.records.events import CallEnded, CallReceived, CallRefused, CallTransferred, TurnDone
+from app.records.events import CallEnded, CallReceived, CallRefused, TransferResult, TurnDone
 from app.records.schema import calls, gaps, messages, passages, turns
 from app.settings import Settings
 from app.testing.fake_openai import Reply
@@ -290,7 +290,7 @@ async def test_the_overview_counts_known_calls(serve, make_settings, tmp_path) -
             unanswered = "do you offer pet insurance?" if outcome == "unanswered" else None
             svc.records.record(timed_turn(call_sid, at, first_chunk_ms, unanswered))
             if outcome == "transferred":
-                svc.records.record(CallTransferred(call_sid, "sales"))
+                svc.records.record(TransferResult(call_sid, "sales", "connected", at))
             svc.records.record(CallEnded(call_sid, "caller_hung_up", "caller_hung_up", at, 30.0))
         await flushed(server)
         await svc.records.messages.add(name="Ada", callback_number="+14155550100", message="Call me.",

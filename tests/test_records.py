@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, select, text
 from app.knowledge.retrieval import Passage
 from app.observability import Metrics
 from app.records.database import create_engine, upgrade
-from app.records.events import CallAnswered, CallEnded, CallReceived, CallRefused, CallTransferred, TurnDone
+from app.records.events import CallAnswered, CallEnded, CallReceived, CallRefused, TransferResult, TurnDone
 from app.records.queries import Cursor, get_call, list_calls, list_gaps, mark_gap_handled
 from app.records.retention import purge
 from app.records.schema import calls, gaps, messages, passages, turns
@@ -81,7 +81,7 @@ async def test_a_call_is_recorded_whatever_order_its_records_arrive_in(store: Re
         CallReceived(call, "+14155550100", T0),
         CallAnswered(call, "conv_1", T0 + timedelta(seconds=1), greeting="Thanks for calling."),
         turn(None, "and can I pay by card?", at=T0 + timedelta(seconds=20), conversation_id="conv_1"),
-        CallTransferred(call, "support"),
+        TransferResult(call, "support", "connected", T0 + timedelta(seconds=30)),
         CallEnded(call, "caller_hung_up", "caller_hung_up", T0 + timedelta(seconds=40), 39.0),
     )
     async with store.engine.connect() as conn:

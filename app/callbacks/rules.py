@@ -2,8 +2,10 @@
 
 - The number must be callable: a valid number that is not premium rate or shared cost.
 - Only inside the callee's calling window (CALLBACK_HOURS, default 08:00-21:00) in their own time
-  zone, which `phonenumbers` reads from the number. A number that spans several zones (a country
-  without area codes that say) must be inside the window in every one of them.
+  zone, which `phonenumbers` reads from the number. A number that spans several zones (a mobile in a
+  country whose numbers do not say where) must be inside the window in every one of them; where the
+  zones are too far apart for any moment to fit them all (a toll-free number across North America
+  and the Pacific), the department's zone stands in for the callee's, or else the first zone listed.
 - Only while the message's department is open, so that a transfer can reach someone.
 
 Everything here is pure: the caller passes the time (tests set the clock).
@@ -58,6 +60,15 @@ def next_allowed(number: str, window: Window, department: Department | None, aft
     """The first moment at or after `after` inside the callee's window (in each of their zones) while
     the department is open; None when there is none within HORIZON_DAYS."""
     zones = time_zones(number)
+    found = _first_fit(zones, window, department, after)
+    if found is None and len(zones) > 1:
+        found = _first_fit([department.zone if department is not None else zones[0]], window, department, after)
+    return found
+
+
+def _first_fit(
+    zones: list[ZoneInfo], window: Window, department: Department | None, after: datetime
+) -> datetime | None:
     limit = after + timedelta(days=HORIZON_DAYS)
     at = after
     while at <= limit:
