@@ -164,13 +164,13 @@ class Dialer:
 
     async def _until_next(self) -> float:
         """Seconds to the next scheduled try (so it is placed on time), at most `poll` (another
-        replica may schedule one sooner)."""
+        replica may schedule one sooner). One that came due during this round is looked at at once:
+        every due one a round finds leaves the schedule (placed, given a later time, or closed)."""
         async with asyncio.timeout(self.timings.store_timeout):
             next_due = await self.store.next_due()
-        now = self.clock.now()
-        if next_due is None or next_due <= now:
+        if next_due is None:
             return self.timings.poll
-        return min(self.timings.poll, (next_due - now).total_seconds())
+        return min(self.timings.poll, max((next_due - self.clock.now()).total_seconds(), 0.0))
 
     async def _try(self, callback_id: int, number: str) -> None:
         now = self.clock.now()

@@ -19,6 +19,7 @@ on to the update's TwiML instead (see `FakeTwilioApi`), and no Connect action is
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -52,6 +53,7 @@ class Placed:
     leg: TwilioCaller | None = None  # the media stream the TwiML opened, if any
     action: Webhook | None = None  # what the server answered to the Connect action, if any
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    received_at: float = field(default_factory=time.time)  # wall clock, when the create request was taken
 
     @property
     def to(self) -> str:
