@@ -59,7 +59,8 @@ class TwilioElsewhere:
         self.numbers = numbers
         self.twilio: FakeTwilioApi | None = None
         self._up = threading.Event()
-        self._down = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._down: asyncio.Event | None = None
         self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="twilio-elsewhere")
 
     async def _serve(self) -> None:
@@ -68,9 +69,9 @@ class TwilioElsewhere:
             for number in self.numbers:
                 twilio.callees[number] = Callee("busy")
             self.twilio = twilio
+            self._loop, self._down = asyncio.get_running_loop(), asyncio.Event()
             self._up.set()
-            while not self._down.is_set():
-                await asyncio.sleep(0.05)
+            await self._down.wait()
 
     def __enter__(self) -> FakeTwilioApi:
         self._thread.start()
@@ -79,7 +80,8 @@ class TwilioElsewhere:
         return self.twilio
 
     def __exit__(self, *exc: object) -> None:
-        self._down.set()
+        assert self._loop is not None and self._down is not None
+        self._loop.call_soon_threadsafe(self._down.set)
         self._thread.join(30)
 
 
