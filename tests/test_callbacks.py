@@ -30,6 +30,7 @@ from app.callbacks.lines import voicemail_line
 from app.callbacks.store import Callback
 from app.clock import SystemClock
 from app.departments.directory import Directory
+from app.notify.events import call_ended_data
 from app.records.messages import Message
 from app.records.schema import calls
 from app.records.store import open_for_reading
@@ -37,8 +38,10 @@ from app.settings import Settings
 from app.speech_engine_contract import CALL_SID_HEADER
 from app.testing.clock import SetClock
 from app.testing.fake_elevenlabs import first_message
+from app.testing.fake_openai import Reply
 from app.testing.live_server import LiveServer
 from app.testing.speech_engine import SpeechEngineClient
+from app.testing.twilio_caller import TwilioCaller
 from app.testing.twilio_dial import Colleague
 from app.testing.twilio_outbound import Callee
 from tests.support.config import ACCOUNT_SID, API_KEY, ENGINE_ID, PUBLIC_URL, SECRET, TWILIO_TOKEN
@@ -119,8 +122,10 @@ def departments_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def office(serve, call_settings, fake_elevenlabs, twilio_api, departments_file, tmp_path):
     @asynccontextmanager
-    async def open_office(at: datetime = MONDAY_10_CHICAGO, **overrides: Any) -> AsyncIterator[Office]:
-        fake_elevenlabs.engine["overrides"] = {"first_message": True}
+    async def open_office(
+        at: datetime = MONDAY_10_CHICAGO, first_message_allowed: bool = True, realtime: bool = False, **overrides: Any
+    ) -> AsyncIterator[Office]:
+        fake_elevenlabs.engine["overrides"] = {"first_message": first_message_allowed}
         settings = {
             **call_settings,
             "openai_model": None,  # documents-only: the rules answer, no model to script
@@ -137,7 +142,7 @@ def office(serve, call_settings, fake_elevenlabs, twilio_api, departments_file, 
             svc.registry.timings = FAST_ACTIONS
             twilio_api.app_url = server.http_url
             twilio_api.app_public_url = PUBLIC_URL
-            twilio_api.realtime = True
+            twilio_api.realtime = realtime  # the callee's phone plays the agent's audio at its real pace
             yield Office(server, clock, settings)
 
     return open_office
@@ -178,6 +183,7 @@ async def test_a_person_answers_hears_why_the_agent_calls_and_is_put_through_to_
         (dial,) = twilio_api.dials
         assert dial.number == SALES and dial.key == "1"
         assert (await o.state(message)).shown() == "reached"
+        await o.svc.records.recorder.flushed()
         record = await record_of(o, placed.sid)
         assert record.direction == "outbound" and record.message_id == message.id
         assert record.transferred_to == "sales"
@@ -187,7 +193,7 @@ async def test_a_machine_answers_the_agent_leaves_a_voicemail_after_the_beep_the
     office, twilio_api, fake_elevenlabs
 ) -> None:
     twilio_api.callees[CALLEE] = Callee("machine")
-    async with office() as o:
+    async with office(admin_password=PASSWORD, realtime=True) as o:
         message = await o.message("My router keeps dropping the connection", department=None)
         await o.call_back(message)
         placed = await twilio_api.placed_call(0)
@@ -195,6 +201,14 @@ async def test_a_machine_answers_the_agent_leaves_a_voicemail_after_the_beep_the
         said = first_message(conv.initiation)
         await placed.done.wait()  # the voicemail played, the bridge hung up, Twilio ended the call
         state = await o.state(message)
+        await o.svc.records.recorder.flushed()
+        async with o.svc.records.engine.connect() as conn:
+            ended = await call_ended_data(conn, placed.sid, None)
+        async with httpx.AsyncClient(base_url=o.server.http_url, auth=("admin", PASSWORD)) as web:
+            review = await web.get(f"/admin/calls/{placed.sid}")
+    assert ended["direction"] == "outbound" and ended["message_id"] == message.id
+    assert ended["ended"] == "agent_ended" and ended["caller"] == CALLEE
+    assert "Call-back to" in review.text and f"message {message.id}" in review.text
     assert said == voicemail_line(o.svc.settings, "Dana Whitfield", message.message)
     assert "Please call us back on 2 0 2, 5 5 5, 0 1 0 0. Goodbye." in said
     assert placed.answer is not None and placed.answer.parameters["callback"].endswith(":voicemail")
@@ -496,3 +510,68 @@ def test_the_cli_schedules_a_call_back_for_the_first_moment_the_rules_allow(shar
     assert entry["callback"]["state"] == "scheduled" and entry["callback"]["due_at"] == "2030-01-07T14:00:00+00:00"
     assert unknown.returncode == 1 and "There is no message 999999." in unknown.stderr
     assert wrong.returncode == 2 and "--at 'next tuesday'" in wrong.stderr
+
+
+async def test_a_machine_gets_the_voicemail_in_twilios_voice_when_the_engine_takes_no_first_message(
+    office, twilio_api, fake_elevenlabs
+) -> None:
+    twilio_api.callees[CALLEE] = Callee("machine")
+    async with office(first_message_allowed=False) as o:
+        message = await o.message("Call me", department=None)
+        await o.call_back(message)
+        placed = await twilio_api.placed_call(0)
+        await placed.done.wait()
+        state = await o.state(message)
+    assert placed.answer is not None and placed.answer.verbs == ["Say", "Hangup"] and placed.leg is None
+    assert placed.answer.said == [voicemail_line(o.svc.settings, "Dana Whitfield", "Call me")]
+    assert state.shown() == "voicemail left"
+
+
+async def test_with_callback_auto_a_message_left_on_a_call_is_called_back_when_allowed(
+    office, twilio_api, fake_elevenlabs, fake_model
+) -> None:
+    arguments = json.dumps({"name": "Dana", "callback_number": "+1 312 555 0147", "message": "Is my area on fibre?"})
+    fake_model.queue(Reply.text("I've passed that on.", tool_calls=[("take_message", arguments)]), Reply(tokens=[]))
+    async with office(MONDAY_03_CHICAGO, callback="auto", openai_model="fake-model") as o:
+        async with TwilioCaller(o.server.http_url, PUBLIC_URL, TWILIO_TOKEN, api=twilio_api) as caller:
+            await caller.dial()
+            await caller.open_stream()
+            await caller.connected()
+            await caller.start()
+            conv = await fake_elevenlabs.conversation(0)
+            async with await SpeechEngineClient.open(
+                f"{o.server.ws_url}/ws", api_key=API_KEY, shared_secret=SECRET,
+                headers={CALL_SID_HEADER: caller.call_sid},
+            ) as client:  # fmt: skip
+                await client.init(conv.conversation_id)
+                await client.ask("can you ask someone to call me back about fibre")
+            (saved,) = [m for m in await o.svc.records.messages.since() if m.call_sid == caller.call_sid]
+            scheduled = await o.state(saved)
+            await o.passed()
+            assert twilio_api.creates_seen == 0  # 03:00 in Chicago
+            o.clock.set(MONDAY_09_NEW_YORK)
+            placed = await twilio_api.placed_call(0)
+    assert scheduled.state == "scheduled" and scheduled.due_at == MONDAY_09_NEW_YORK
+    assert placed.to == CALLEE
+
+
+async def test_a_call_back_waits_for_a_free_line(office, twilio_api, fake_elevenlabs) -> None:
+    async with office(max_concurrent_calls=1) as o:
+        async with TwilioCaller(o.server.http_url, PUBLIC_URL, TWILIO_TOKEN, api=twilio_api) as caller:
+            await caller.dial()
+            await caller.open_stream()
+            await caller.connected()
+            await caller.start()
+            await fake_elevenlabs.conversation(0)
+            message = await o.message("Call me", department=None)
+            await o.call_back(message)
+            await o.passed()
+            assert twilio_api.creates_seen == 0  # the one line is taken
+            waiting = await o.state(message)
+            await caller.hang_up()
+            await until(lambda: o.svc.telephony.slots.live == 0, what="the line freed")
+        o.clock.set(MONDAY_10_CHICAGO + timedelta(minutes=1))
+        placed = await twilio_api.placed_call(0)
+    assert waiting.state == "scheduled" and waiting.attempts == 0
+    assert waiting.due_at == MONDAY_10_CHICAGO + timedelta(minutes=1)
+    assert placed.to == CALLEE
