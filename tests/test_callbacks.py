@@ -43,7 +43,7 @@ from app.testing.live_server import LiveServer
 from app.testing.speech_engine import SpeechEngineClient
 from app.testing.twilio_caller import TwilioCaller
 from app.testing.twilio_dial import Colleague
-from app.testing.twilio_outbound import Callee
+from app.testing.twilio_outbound import Callee, Placed
 from tests.support.config import ACCOUNT_SID, API_KEY, ENGINE_ID, PUBLIC_URL, SECRET, TWILIO_TOKEN
 from tests.support.phone import FAST_ACTIONS, FAST_BRIDGE
 from tests.support.servers import AppProcess
@@ -148,6 +148,12 @@ def office(serve, call_settings, fake_elevenlabs, twilio_api, departments_file, 
     return open_office
 
 
+async def finished(placed: Placed, timeout: float = 30.0) -> None:
+    """Until Twilio has ended the placed call."""
+    async with asyncio.timeout(timeout):
+        await placed.done.wait()
+
+
 async def record_of(office: Office, call_sid: str) -> Any:
     async with office.svc.records.engine.connect() as conn:
         return (await conn.execute(select(calls).where(calls.c.call_sid == call_sid))).one_or_none()
@@ -199,7 +205,7 @@ async def test_a_machine_answers_the_agent_leaves_a_voicemail_after_the_beep_the
         placed = await twilio_api.placed_call(0)
         conv = await fake_elevenlabs.conversation(0)
         said = first_message(conv.initiation)
-        await placed.done.wait()  # the voicemail played, the bridge hung up, Twilio ended the call
+        await finished(placed)  # the voicemail played, the bridge hung up, Twilio ended the call
         state = await o.state(message)
         await o.svc.records.recorder.flushed()
         async with o.svc.records.engine.connect() as conn:
@@ -226,7 +232,7 @@ async def test_a_fax_is_hung_up_on_and_never_called_again(office, twilio_api) ->
         message = await o.message("Please call me", department=None)
         await o.call_back(message)
         placed = await twilio_api.placed_call(0)
-        await placed.done.wait()
+        await finished(placed)
         state = await o.state(message)
     assert placed.answer is not None and placed.answer.verbs == ["Hangup"] and placed.leg is None
     assert state.shown() == "not called: a fax machine answered"
@@ -268,14 +274,14 @@ async def test_busy_then_no_answer_then_answered_is_three_tries_spaced_as_config
         message = await o.message("Please call me about my upgrade", department=None)
         await o.call_back(message)
         first = await twilio_api.placed_call(0)
-        await first.done.wait()
+        await finished(first)
         after_busy = await until(lambda: _settled(o, message), what="the busy try settled")
         o.clock.set(start + timedelta(minutes=89))
         await o.passed()
         assert len(twilio_api.placed) == 1
         o.clock.set(start + timedelta(minutes=90))
         second = await twilio_api.placed_call(1)
-        await second.done.wait()
+        await finished(second)
         after_no_answer = await until(lambda: _settled(o, message), what="the unanswered try settled")
         o.clock.set(start + timedelta(minutes=179))
         await o.passed()
@@ -296,10 +302,10 @@ async def test_after_the_last_try_the_message_says_no_answer_after_n_tries(offic
     async with office(callback_attempts=2) as o:
         message = await o.message("Call me", department=None)
         await o.call_back(message)
-        await (await twilio_api.placed_call(0)).done.wait()
+        await finished(await twilio_api.placed_call(0))
         await until(lambda: _settled(o, message), what="the first try settled")
         o.clock.set(MONDAY_10_CHICAGO + timedelta(hours=1))
-        await (await twilio_api.placed_call(1)).done.wait()
+        await finished(await twilio_api.placed_call(1))
         last = await until(lambda: _done(o, message), what="the last try settled")
         o.clock.set(MONDAY_10_CHICAGO + timedelta(days=1))
         await o.passed()
@@ -394,7 +400,7 @@ async def test_two_replicas_on_one_postgresql_store_place_a_call_back_once(
         assert twilio_api.creates_seen == 0
         clock.set(soon)  # due for both at once: they race for it
         await asyncio.gather(*(svc.dialer.passed() for svc in replicas))
-        await (await twilio_api.placed_call(0)).done.wait()
+        await finished(await twilio_api.placed_call(0))
         done = await until(lambda: _final(replicas[1], message.id), what="the try settled")
         await asyncio.gather(*(svc.dialer.passed() for svc in replicas))
     assert twilio_api.creates_seen == 1 and len(twilio_api.placed) == 1
@@ -453,7 +459,7 @@ async def test_killed_between_scheduled_and_placed_the_restarted_server_places_t
         twilio_api.hold_creates = None
         await server.start()
         placed = await twilio_api.placed_call(0, timeout=30)
-        await placed.done.wait()
+        await finished(placed)
         final = await until(lambda: _read_final(settings, message.id), what="the try settled", timeout=30)
     finally:
         server.stop()
@@ -520,7 +526,7 @@ async def test_a_machine_gets_the_voicemail_in_twilios_voice_when_the_engine_tak
         message = await o.message("Call me", department=None)
         await o.call_back(message)
         placed = await twilio_api.placed_call(0)
-        await placed.done.wait()
+        await finished(placed)
         state = await o.state(message)
     assert placed.answer is not None and placed.answer.verbs == ["Say", "Hangup"] and placed.leg is None
     assert placed.answer.said == [voicemail_line(o.svc.settings, "Dana Whitfield", "Call me")]
