@@ -581,3 +581,26 @@ async def test_a_call_back_waits_for_a_free_line(office, twilio_api, fake_eleven
     assert waiting.state == "scheduled" and waiting.attempts == 0
     assert waiting.due_at == MONDAY_10_CHICAGO + timedelta(minutes=1)
     assert placed.to == CALLEE
+
+
+async def test_the_call_backs_routes_check_twilios_signature_and_ignore_an_older_try(office, twilio_api) -> None:
+    twilio_api.callees[CALLEE] = Callee("busy")
+    async with office(callback_attempts=2) as o:
+        message = await o.message("Call me", department=None)
+        callback = await o.call_back(message)
+        placed = await twilio_api.placed_call(0)
+        await finished(placed)
+        await until(lambda: _settled(o, message), what="the busy try settled")
+        twilio = TwilioCaller(o.server.http_url, PUBLIC_URL, TWILIO_TOKEN, caller=OUR_NUMBER, to=CALLEE)
+        form = twilio.form(CallStatus="in-progress", Direction="outbound-api", AnsweredBy="human")
+        answer = f"{PUBLIC_URL}/callback/answer?callback={callback.id}&attempt=1"
+        unsigned = await twilio.post(answer, form, signature="")
+        forged = await twilio.post(answer, form, signature="bm90IGEgc2lnbmF0dXJl")
+        stale = await twilio.post(answer, form)  # try 1 is over: nobody is being called
+        status = f"{PUBLIC_URL}/callback/status?callback={callback.id}&attempt=1"
+        late = await twilio.post(status, twilio.form(CallStatus="no-answer", Direction="outbound-api"))
+        after = await o.state(message)
+    assert unsigned.status == 403 and forged.status == 403
+    assert stale.status == 200 and stale.verbs == ["Hangup"]
+    assert late.status == 204
+    assert after.state == "scheduled" and after.attempts == 1 and after.last_result == "busy"
