@@ -458,9 +458,9 @@ async def test_killed_between_scheduled_and_placed_the_restarted_server_places_t
         twilio_api.hold_creates.set()
         twilio_api.hold_creates = None
         await server.start()
-        placed = await twilio_api.placed_call(0, timeout=30)
+        placed = await twilio_api.placed_call(0, timeout=60)  # once the dead replica's lease has lapsed
         await finished(placed)
-        final = await until(lambda: _read_final(settings, message.id), what="the try settled", timeout=30)
+        final = await until(lambda: _read_final(settings, message.id), what="the try settled", timeout=60)
     finally:
         server.stop()
     assert taken.state == "calling" and taken.call_sid is None and taken.attempts == 1

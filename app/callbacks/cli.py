@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from app.callbacks.dialer import Planner
-from app.callbacks.store import SCHEDULED
+from app.callbacks.store import OPEN
 from app.clock import SystemClock
 from app.departments.config import DepartmentsError
 from app.departments.directory import Directory
@@ -50,4 +50,4 @@ async def call_back(settings: Settings, message_id: int, at: str | None, out: Te
         print(f"There is no message {message_id}.", file=sys.stderr)
         return 1
     print(f"Message {message_id}: call-back {callback.shown()}.", file=out)
-    return 0 if callback.state in (SCHEDULED, "calling") else 1
+    return 0 if callback.state in OPEN else 1

@@ -99,7 +99,9 @@ class Dialer:
         self.slots = slots
         self.ready = ready
         self.timings = timings or DialerTimings()
-        self.lease = timedelta(seconds=settings.call_lease_seconds)
+        # A try's lease outlasts the bounded create request, so no other replica takes it meanwhile;
+        # a replica that dies holding it frees it within CALL_LEASE_SECONDS (or that bound).
+        self.lease = timedelta(seconds=max(settings.call_lease_seconds, REST_TIMEOUT_S + 5))
         self.passes = 0  # rounds done: tests wait for one to pass instead of for time to
         self._woken = asyncio.Event()
         self._passed = asyncio.Condition()

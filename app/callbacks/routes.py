@@ -22,7 +22,7 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from app.callbacks.dialer import ANSWER_PATH, STATUS_PATH, slot_key
 from app.callbacks.lines import opening_line, voicemail_line
-from app.callbacks.store import NOT_CALLABLE, REACHED, VOICEMAIL
+from app.callbacks.store import CALLING, NOT_CALLABLE, REACHED, VOICEMAIL
 from app.calls.control import Outbound
 from app.calls.shared import COMMAND_TIMEOUT_S
 from app.observability import mask_digits
@@ -73,7 +73,7 @@ async def answer() -> Response | tuple[str, int]:
     found = await store.current(callback_id, attempt)
     target = await store.target(callback_id)
     extra = {"call_sid": call_sid, "callback": callback_id}
-    if found is None or found.state != "calling" or target is None:
+    if found is None or found.state != CALLING or target is None:
         log.warning("answered call-back that is not being called: hung up", extra=extra)
         return _hang_up()
     await store.seen(callback_id, attempt, call_sid)
@@ -152,7 +152,7 @@ async def status() -> Response | tuple[str, int]:
         await svc.dialer.tried(callback_id, attempt, UNANSWERED[call_status])
     elif call_status == "completed":
         found = await store.current(callback_id, attempt)
-        if found is not None and found.state == "calling":  # over, but its TwiML was never asked for
+        if found is not None and found.state == CALLING:  # over, but its TwiML was never asked for
             await svc.dialer.tried(callback_id, attempt, "failed")
     svc.dialer.wake()
     return "", 204

@@ -93,9 +93,7 @@ class Taken:
     """A try the caller holds the lease on."""
 
     callback: Callback
-    department: str | None
-    name: str
-    message: str
+    department: str | None  # its message's
     token: str
 
 
@@ -181,14 +179,14 @@ class CallbackStore:
                     return None
             row = (
                 await conn.execute(
-                    select(*_COLUMNS, messages.c.department, messages.c.name, messages.c.message)
+                    select(*_COLUMNS, messages.c.department)
                     .join(messages, messages.c.id == callbacks.c.message_id)
                     .where(callbacks.c.id == callback_id)
                 )
             ).one()
         fields = dict(row._mapping)
-        department, name, text = fields.pop("department"), fields.pop("name"), fields.pop("message")
-        return Taken(Callback(**fields), department, name, text, token)
+        department = fields.pop("department")
+        return Taken(Callback(**fields), department, token)
 
     async def placed(self, taken: Taken, call_sid: str, now: datetime) -> None:
         """Twilio accepted the call: the try is placed (the lease is no longer needed)."""
