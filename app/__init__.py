@@ -17,6 +17,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Quart:
     """`clock`: the time opening hours are read against (default: the system's)."""
     from app.admin.routes import admin
     from app.brain.route import brain
+    from app.callbacks.routes import callback_routes
     from app.services import Services
     from app.serving.health import health
     from app.telephony.bridge import MediaStreamRoute
@@ -37,6 +38,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Quart:
     app.register_blueprint(brain)
     app.register_blueprint(twilio_webhook)
     app.register_blueprint(handoff)
+    app.register_blueprint(callback_routes)
     app.register_blueprint(admin)
     # Served on bare ASGI in front of Quart: the one route that carries a frame every 20 ms per call.
     app.asgi_app = MediaStreamRoute(app, services.telephony)  # type: ignore[method-assign]

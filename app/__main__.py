@@ -1,5 +1,6 @@
 """`python -m app`: serve Switchboard with Hypercorn on PORT; `calls`, `gaps`, `messages`: read the records;
-`notify test`: try the webhooks and e-mail; `test-calls`: run call scenarios against local stand-ins."""
+`call-back MESSAGE_ID`: call a message's caller back; `notify test`: try the webhooks and e-mail;
+`test-calls`: run call scenarios against local stand-ins."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import uvloop
 
 from app import create_app
+from app.callbacks import cli as callback_cli
 from app.departments.config import DepartmentsError, load_departments, refusal
 from app.knowledge.store import build_state
 from app.notify import cli as notify_cli
@@ -57,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("messages", help="the messages callers left, oldest first")
     listing.add_argument("--since", help="a date (2024-05-01) or a duration (12h, 7d)")
     listing.add_argument("--json", action="store_true", help="one JSON array, for machines")
+    calling = commands.add_parser("call-back", help="call a message's caller back (the server places the call)")
+    calling.add_argument("message_id", type=int, metavar="MESSAGE_ID", help="the message's id (see `messages`)")
+    calling.add_argument("--at", help='not before this time: "2026-12-07 10:00" (UTC unless it gives an offset)')
     notify = commands.add_parser("notify", help="`notify test`: a signed ping to every webhook, a test e-mail")
     notify.add_argument("action", choices=["test"])
     commands.add_parser(
@@ -95,6 +100,8 @@ def main() -> None:
     args = _parser().parse_args()
     if args.command in ("calls", "gaps", "messages"):
         sys.exit(_read(args.command, args))
+    if args.command == "call-back":
+        sys.exit(asyncio.run(callback_cli.call_back(load_settings(), args.message_id, args.at, sys.stdout)))
     if args.command == "notify":
         sys.exit(asyncio.run(notify_cli.test(load_settings(), sys.stdout)))
 

@@ -15,6 +15,7 @@ from app.brain.llm import LLM
 from app.brain.prompt import Prompt
 from app.brain.tools import Toolbox
 from app.brain.turn import TurnPipeline
+from app.callbacks.dialer import Dialer, Planner
 from app.calls.caller_lookup import CallerLookups
 from app.calls.registry import InProcessCallRegistry
 from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState, SharedTransfers
@@ -58,6 +59,12 @@ class Services:
         self.delivery = Delivery(settings, self.metrics, self.records.engine, self.records.outbox, self.records.ready)
         self.lookups = CallerLookups(settings, self.metrics, self.records.record, self.shared)
         self.telephony.lookups = self.lookups
+        # Call-backs of messages: kept in the records store, placed by whichever replica takes each try.
+        self.callbacks = self.records.callbacks
+        self.planner = Planner(settings, self.directory)
+        self.dialer = Dialer(
+            settings, self.metrics, self.callbacks, self.planner, self.clock, self.telephony.slots, self.records.ready
+        )
         self.telephony.observers += [self.registry, self.records, self.lookups]
         self.drain = Drain(self)
         self.logins = Logins(self.metrics)
@@ -90,6 +97,7 @@ class Services:
         self.lookups.start()
         await self.telephony.start()
         await self.call_actions.start()
+        self.dialer.start()
         self.toolbox = Toolbox(
             self.settings, self.metrics, self.registry, self.call_actions, self.records, self.directory
         )
@@ -119,6 +127,7 @@ class Services:
     async def stop(self) -> None:
         await self.drain.close()
         await self.registry.close()
+        await self.dialer.stop()
         await self.call_actions.aclose()
         await self.telephony.stop()
         await self.lookups.stop()

@@ -49,6 +49,7 @@ E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 DEPARTMENT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _EMAIL = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+$")
 _MAX_URL = 1000
+_HOURS = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 
 
 class Settings(BaseSettings):
@@ -115,6 +116,13 @@ class Settings(BaseSettings):
     transfer_targets: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # How long a transfer rings before the caller comes back to the agent (Twilio's <Dial timeout>).
     ring_seconds: int = Field(25, ge=1, le=600)
+    # Call-backs of messages (`app.callbacks`): `auto` calls each new message back; off, only when
+    # asked (review page, `python -m app call-back`). The callee's window is in their own time zone.
+    callback: Literal["off", "auto"] = "off"
+    callback_hours: str = "08:00-21:00"
+    callback_attempts: int = Field(3, ge=1, le=10)
+    # Between tries after busy, no answer or a failure: at least an hour.
+    callback_retry_minutes: int = Field(60, ge=60, le=7 * 24 * 60)
 
     # Limits
     max_concurrent_calls: int = Field(20, ge=1)
@@ -284,6 +292,19 @@ class Settings(BaseSettings):
             raise ValueError("SMTP_URL must look like smtp://user:password@mail.example:587 (or smtps:// for port 465)")
         return value
 
+    @field_validator("callback", mode="before")
+    @classmethod
+    def _callback(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("callback_hours")
+    @classmethod
+    def _callback_hours(cls, value: str) -> str:
+        window = _window(value.strip())
+        if window is None or not 0 <= window[0] < window[1] <= 24 * 60:
+            raise ValueError(f"{value!r} must be a window like 08:00-21:00 (start before end, 24:00 at most)")
+        return value.strip()
+
     @field_validator("fallback_number", "twilio_phone_number")
     @classmethod
     def _e164(cls, value: str | None) -> str | None:
@@ -330,6 +351,13 @@ class Settings(BaseSettings):
     def shared_state(self) -> bool:
         """Call state lives in Redis (several replicas), not in this process alone."""
         return self.redis_url is not None
+
+    @property
+    def callback_window(self) -> tuple[int, int]:
+        """CALLBACK_HOURS as minutes after midnight: (start, end)."""
+        window = _window(self.callback_hours)
+        assert window is not None
+        return window
 
     @property
     def llm_enabled(self) -> bool:
@@ -391,6 +419,17 @@ class Settings(BaseSettings):
         """The plain value of a secret field, for the one place that needs it."""
         value = getattr(self, name)
         return value.get_secret_value() if value is not None else None
+
+
+def _window(text: str) -> tuple[int, int] | None:
+    """ "08:00-21:00" as minutes after midnight; None when it is not HH:MM-HH:MM with real times."""
+    found = _HOURS.match(text)
+    if found is None:
+        return None
+    h1, m1, h2, m2 = (int(part) for part in found.groups())
+    if m1 > 59 or m2 > 59 or h1 > 23 or h2 > 24 or (h2 == 24 and m2):
+        return None
+    return h1 * 60 + m1, h2 * 60 + m2
 
 
 def _loopback(host: str | None) -> bool:

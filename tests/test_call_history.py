@@ -463,7 +463,7 @@ async def test_messages_are_listed_newest_first_and_can_be_marked_handled(serve,
         async with httpx.AsyncClient(base_url=server.http_url, auth=AUTH) as web:
             page = await web.get("/admin/messages")
             action, token = re.search(
-                r'action="([^"]+)"[^>]*>\s*<input type="hidden" name="csrf_token" value="([^"]+)"', page.text
+                r'action="([^"]+/handled)"[^>]*>\s*<input type="hidden" name="csrf_token" value="([^"]+)"', page.text
             ).groups()
             done = await web.post(action, data={"csrf_token": token})
             after = await web.get("/admin/messages")

@@ -257,9 +257,10 @@ async def test_call_ended_counts_a_turn_written_after_the_end_and_new_gaps_are_a
     assert gap["data"]["call_sid"] == sid(1) and gap["data"]["review_url"] == "https://switchboard.example/admin/gaps"
     assert ended["type"] == "call.ended" and ended["created_at"] == "2026-11-20T09:30:40+00:00"
     assert ended["data"] == {
-        "call_sid": sid(1), "caller": "+14155550199", "started_at": "2026-11-20T09:30:00+00:00",
-        "ended_at": "2026-11-20T09:30:40+00:00", "duration_s": 40.0, "ended": "caller_hung_up",
-        "transferred_to": None, "turns": 2, "unanswered": True, "messages": 0,
+        "call_sid": sid(1), "caller": "+14155550199", "direction": "inbound", "message_id": None,
+        "started_at": "2026-11-20T09:30:00+00:00", "ended_at": "2026-11-20T09:30:40+00:00", "duration_s": 40.0,
+        "ended": "caller_hung_up", "transferred_to": None, "transfer": None, "turns": 2, "unanswered": True,
+        "messages": 0,
         "review_url": f"https://switchboard.example/admin/calls/{sid(1)}",
     }  # fmt: skip
     # The paraphrase joined the first gap: one gap, one announcement.

@@ -28,7 +28,7 @@ from app.testing.clock import SetClock
 from tests.support.calls import CALLER, FAST, SID, Stream
 from tests.support.config import PUBLIC_URL, TARGETS, UNLISTED
 
-TRANSFER_TOOL, END_TOOL, MESSAGE_TOOL, GAP_TOOL = (tool.name for tool in TOOLS)
+TRANSFER_TOOL, END_TOOL, MESSAGE_TOOL, GAP_TOOL, DO_NOT_CALL_TOOL = (tool.name for tool in TOOLS)
 MONDAY_NOON = datetime(2026, 11, 23, 17, 0, tzinfo=UTC)  # noon in New York
 
 PHONE = {

@@ -186,9 +186,11 @@ async def messages() -> str:
     before = _number("before")
     rows = await services().records.messages.newest(MESSAGES_PAGE + 1, before)
     more = rows[MESSAGES_PAGE - 1].id if len(rows) > MESSAGES_PAGE else None
+    shown = rows[:MESSAGES_PAGE]
     return await _page(
         "admin/messages.html",
-        rows=rows[:MESSAGES_PAGE],
+        rows=shown,
+        callbacks=await services().callbacks.for_messages([m.id for m in shown]),
         next_url=url_for("admin.messages", before=more) if more else None,
         paged=before is not None,
     )
@@ -198,6 +200,29 @@ async def messages() -> str:
 async def message_handled(message_id: int) -> Response:
     await services().records.messages.mark_handled(message_id)
     return redirect(url_for("admin.messages"), 303)
+
+
+@admin.post(f"/messages/<{ID}:message_id>/call-back")
+async def message_call_back(message_id: int) -> Response:
+    """Call the message's caller back, at the first moment the rules allow."""
+    svc = services()
+    now = svc.clock.now()
+    if await svc.callbacks.schedule(message_id, now, svc.planner.plan, now) is None:
+        abort(404)
+    svc.dialer.wake()
+    return redirect(url_for("admin.messages") + f"#message-{message_id}", 303)
+
+
+@admin.get("/do-not-call")
+async def do_not_call() -> str:
+    return await _page("admin/do_not_call.html", rows=await services().callbacks.do_not_call_list())
+
+
+@admin.post("/do-not-call/remove")
+async def do_not_call_remove() -> Response:
+    number = (await request.form).get("number", "")[:32]
+    await services().callbacks.remove_do_not_call(number)
+    return redirect(url_for("admin.do_not_call"), 303)
 
 
 @admin.get("/deliveries")

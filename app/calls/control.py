@@ -75,6 +75,25 @@ class Returned:
         return cls(department, result) if sep and department and result else None
 
 
+@dataclass(frozen=True)
+class Outbound:
+    """A call-back the agent placed: which one, and who answered: a person (`talk`) or a voicemail,
+    which the agent leaves and then hangs up."""
+
+    callback_id: int
+    mode: str  # talk, voicemail
+
+    def encode(self) -> str:
+        return f"{self.callback_id}:{self.mode}"
+
+    @classmethod
+    def decode(cls, text: str | None) -> Outbound | None:
+        number, sep, mode = (text or "").partition(":")
+        if not sep or not number.isdigit() or len(number) > 18 or mode not in ("talk", "voicemail"):
+            return None
+        return cls(int(number), mode)
+
+
 class CallEnded(Exception):
     """Raised by a leg of the bridge to end its call: the call's other tasks are cancelled."""
 
@@ -103,12 +122,19 @@ class CallControl:
     """Stream control for one call: marks, what the caller has heard, and a graceful end."""
 
     def __init__(
-        self, call_sid: str, stream_sid: str, caller: str, send_mark: SendMark, returned: Returned | None = None
+        self,
+        call_sid: str,
+        stream_sid: str,
+        caller: str,
+        send_mark: SendMark,
+        returned: Returned | None = None,
+        outbound: Outbound | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.stream_sid = stream_sid
-        self.caller = caller
+        self.caller = caller  # the other party: who called, or whom a call-back called
         self.returned = returned  # this stream brought the call back from a transfer
+        self.outbound = outbound  # this is a call-back the agent placed
         self.started_at = datetime.now(UTC)
         self.conversation_id: str | None = None
         self.greeting: str | None = None  # what the agent said first, if anything

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from app.calls.control import CallControl, EndReason, Returned
+from app.calls.control import CallControl, EndReason, Outbound, Returned
 
 log = logging.getLogger("switchboard.calls")
 
@@ -108,6 +108,10 @@ class LiveCall(Protocol):
     @property
     def returned(self) -> Returned | None:
         """The transfer this call came back to the agent from, if it did."""
+
+    @property
+    def outbound(self) -> Outbound | None:
+        """The call-back this call is, if the agent placed it."""
 
     def line(self) -> Line:
         """Where the audio of a turn starting now begins."""
@@ -194,6 +198,10 @@ class LocalCall:
     @property
     def returned(self) -> Returned | None:
         return self.control.returned
+
+    @property
+    def outbound(self) -> Outbound | None:
+        return self.control.outbound
 
     def line(self) -> Line:
         return Line(self.control.audio_progress)

@@ -40,7 +40,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.calls.control import CallControl, EndReason, Returned
+from app.calls.control import CallControl, EndReason, Outbound, Returned
 from app.calls.outcomes import OUTCOME_TTL_S, StreamOutcomes
 from app.calls.registry import (
     ActionTimings,
@@ -323,6 +323,7 @@ class RemoteCall:
         self.caller = fields.get("caller", "")
         self._conversation_id = fields.get("conversation_id") or None
         self.returned = Returned.decode(fields.get("returned"))
+        self.outbound = Outbound.decode(fields.get("outbound"))
         self.limits = limits
         self.ended = False
 
@@ -462,6 +463,8 @@ class SharedCallRegistry(InProcessCallRegistry):
                 fields = {"holder": self.state.replica, "caller": call.caller}
                 if call.returned is not None:
                     fields["returned"] = call.returned.encode()
+                if call.outbound is not None:
+                    fields["outbound"] = call.outbound.encode()
                 if call.conversation_id:
                     fields["conversation_id"] = call.conversation_id
                     pipe.set(f"{PREFIX}conv:{call.conversation_id}", call.call_sid, ex=ttl)

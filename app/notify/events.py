@@ -46,7 +46,7 @@ async def call_ended_data(conn: AsyncConnection, call_sid: str, review_url: str 
             select(
                 calls.c.caller, calls.c.started_at, calls.c.ended_at, calls.c.duration_s, calls.c.end_reason,
                 calls.c.transferred_to, calls.c.turns, calls.c.unanswered, calls.c.messages,
-                calls.c.transfer_department, calls.c.transfer_result,
+                calls.c.transfer_department, calls.c.transfer_result, calls.c.direction, calls.c.message_id,
             ).where(calls.c.call_sid == call_sid)
         )
     ).one_or_none()  # fmt: skip
@@ -54,7 +54,9 @@ async def call_ended_data(conn: AsyncConnection, call_sid: str, review_url: str 
         return {"call_sid": call_sid, "review_url": review_url}
     return {
         "call_sid": call_sid,
-        "caller": row.caller,
+        "caller": row.caller,  # the other party: who called, or whom a call-back called
+        "direction": row.direction,  # inbound, or outbound (a call-back)
+        "message_id": row.message_id,  # the message an outbound call returned
         "started_at": _iso(row.started_at),
         "ended_at": _iso(row.ended_at),
         "duration_s": round(row.duration_s, 1) if row.duration_s is not None else None,

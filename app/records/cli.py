@@ -154,8 +154,9 @@ async def gaps(settings: Settings, as_json: bool, handled: bool, out: TextIO) ->
 async def messages(settings: Settings, when: datetime | None, as_json: bool, out: TextIO) -> int:
     async def work(store: RecordsStore) -> int:
         found = await store.messages.since(when)
+        called = await store.callbacks.for_messages([m.id for m in found])
         if as_json:
-            _dump([m.to_json() for m in found], out)
+            _dump([{**m.to_json(), "callback": c.to_json() if (c := called.get(m.id)) else None} for m in found], out)
             return 0
         if not found:
             print("No messages" + (f" since {when:%Y-%m-%d %H:%M} UTC" if when else "") + ".", file=out)
@@ -163,10 +164,13 @@ async def messages(settings: Settings, when: datetime | None, as_json: bool, out
             state = "  (handled)" if m.handled_at else ""
             department = f"  for {m.department}" if m.department else ""
             print(
-                f"{_when(m.created_at)}  {m.name}  {m.callback_number}{department}  (call {m.call_sid or '-'}){state}",
+                f"#{m.id}  {_when(m.created_at)}  {m.name}  {m.callback_number}{department}  "
+                f"(call {m.call_sid or '-'}){state}",
                 file=out,
             )
             print(f"    {m.message}", file=out)
+            if m.id in called:
+                print(f"    call-back: {called[m.id].shown()}", file=out)
         return 0
 
     return await _with_store(settings, work)

@@ -21,6 +21,16 @@ class CallReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class CallPlaced:
+    """A call-back the agent placed was answered: an outbound call to `callee`, for a message."""
+
+    call_sid: str
+    callee: str
+    message_id: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class CallRefused:
     """The webhook turned the call away: `busy` (no free slot) or `fallback` (the bridge is not configured)."""
 
@@ -93,4 +103,6 @@ class TurnDone:
     gap_vector: Any = field(default=None)
 
 
-RecordEvent = CallReceived | CallRefused | CallAnswered | CallerLookedUp | TransferResult | CallEnded | TurnDone
+RecordEvent = (
+    CallReceived | CallPlaced | CallRefused | CallAnswered | CallerLookedUp | TransferResult | CallEnded | TurnDone
+)

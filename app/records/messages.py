@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import re
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import phonenumbers
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.records.outbox import MESSAGE_CREATED, Outbox
 from app.records.redact import redact
@@ -112,6 +113,7 @@ class Message:
 
 
 _COLUMNS = [messages.c[name] for name in Message.__dataclass_fields__]
+Then = Callable[[AsyncConnection, Message], Awaitable[object]]
 
 
 class MessageStore:
@@ -133,8 +135,10 @@ class MessageStore:
         conversation_id: str | None,
         department: str | None = None,
         now: datetime | None = None,
+        then: Then | None = None,
     ) -> Message:
-        """Store one message and commit it before returning (raises if it cannot)."""
+        """Store one message and commit it before returning (raises if it cannot); `then` does more
+        in the same transaction (schedules its call-back, with CALLBACK=auto)."""
         row = {
             "created_at": (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0),
             "name": redact(name),
@@ -151,6 +155,8 @@ class MessageStore:
                 await upsert_call(conn, call_sid, {"messages": 1}, lambda _: {"messages": calls.c.messages + 1})
             saved = Message(new_id, **row)
             await self.outbox.announce(conn, MESSAGE_CREATED, saved.announced(), saved.created_at, call_sid=call_sid)
+            if then is not None:
+                await then(conn, saved)
         self.outbox.committed()
         return saved
 

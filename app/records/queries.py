@@ -80,6 +80,8 @@ class CallRow:
     summary: str | None = None
     intent: str | None = None
     need_met: str | None = None
+    direction: str = "inbound"  # or outbound: a call-back the agent placed
+    message_id: int | None = None  # the message an outbound call returned
 
     @property
     def caller_masked(self) -> str:
@@ -126,6 +128,8 @@ class CallRow:
             "summary": self.summary,
             "intent": self.intent,
             "need_met": self.need_met,
+            "direction": self.direction,
+            "message_id": self.message_id,
         }
 
 

@@ -99,6 +99,9 @@ calls = Table(
     Column("unanswered", Integer, nullable=False, server_default="0"),
     Column("greeting", Text),
     Column("outcome", String(16), Computed(OUTCOME_SQL, persisted=True)),
+    # inbound, or outbound: a call-back the agent placed, for the message `message_id`
+    Column("direction", String(8), nullable=False, server_default="inbound"),
+    Column("message_id", Id),
     Index("calls_started", "started_at", "id"),
     Index("calls_outcome_started", "outcome", "started_at", "id"),
     Index("calls_conversation", "conversation_id"),
@@ -179,6 +182,41 @@ messages = Table(
     Column("handled_at", UtcDateTime()),
     Column("legacy_id", Integer, unique=True),  # its id in the messages.sqlite3 it was carried over from
     Index("messages_created", "created_at", "id"),
+)
+
+# A message's call-back: when it may be placed, its tries, and where it stands (`app.callbacks`):
+# scheduled (due_at), calling, reached, voicemail, no_answer, do_not_call, or not_callable (detail
+# says why). A replica places it after taking it by a lease, as the outbox's rows are taken.
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", Id, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("number", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("requested_at", UtcDateTime(), nullable=False),
+    Column("not_before", UtcDateTime(), nullable=False),  # what was asked for (`--at`), or the request
+    Column("due_at", UtcDateTime()),  # the first moment the rules allow the next try
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_result", String(16)),  # busy, no_answer, failed: how the last unanswered try went
+    Column("detail", String(200)),
+    Column("call_sid", String(64)),  # the latest try's call
+    Column("lease_until", UtcDateTime()),
+    Column("lease_token", String(32)),
+    Column("placed_at", UtcDateTime()),
+    Column("done_at", UtcDateTime()),
+    Index("callbacks_message", "message_id", unique=True),
+    Index("callbacks_state_due", "state", "due_at"),
+    Index("callbacks_number", "number"),
+)
+
+# Numbers never to be called back: a callee asked, or the team added them.
+do_not_call = Table(
+    "do_not_call",
+    metadata,
+    Column("number", String(32), primary_key=True),
+    Column("added_at", UtcDateTime(), nullable=False),
+    Column("source", String(80), nullable=False),  # the call it was asked on, or "review page"
 )
 
 # One row per event and destination, written in the transaction of what it announces, so a crash

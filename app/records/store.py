@@ -16,6 +16,7 @@ import logging
 import random
 from datetime import UTC, datetime
 
+from app.callbacks.store import CallbackStore
 from app.calls.control import CallControl, EndReason
 from app.observability import Metrics, one_line
 from app.records.database import bring_up_to_date, create_engine
@@ -52,6 +53,7 @@ class RecordsStore:
         self.engine = create_engine(settings)
         self.outbox = Outbox(destinations(settings), settings.public_url)
         self.messages = MessageStore(self.engine, self.outbox, settings.record_calls)
+        self.callbacks = CallbackStore(self.engine)
         self.ready = asyncio.Event()  # the schema is in place
         self.recorder: Recorder | None = None
         if settings.record_calls:

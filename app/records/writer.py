@@ -20,6 +20,7 @@ from app.records.events import (
     CallAnswered,
     CallEnded,
     CallerLookedUp,
+    CallPlaced,
     CallReceived,
     CallRefused,
     RecordEvent,
@@ -58,6 +59,14 @@ async def write(conn: AsyncConnection, event: RecordEvent, gaps: GapGrouper | No
             e.call_sid,
             {"caller": e.caller, "started_at": e.at},
             lambda x: {"caller": x.caller, **_first_start(x)},
+        )
+    elif kind is CallPlaced:
+        values = {"caller": e.callee, "started_at": e.at, "direction": "outbound", "message_id": e.message_id}
+        await upsert_call(
+            conn,
+            e.call_sid,
+            values,
+            lambda x: {"caller": x.caller, "direction": x.direction, "message_id": x.message_id, **_first_start(x)},
         )
     elif kind is CallRefused:
         ended = {"ended_at": e.at, "duration_s": 0.0, "end_reason": e.reason}

@@ -17,13 +17,14 @@ second each way, and Quart's per-message queue hop and signals cost about 0.1 % 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, NoReturn
 
 from quart import Quart
 
-from app.calls.control import CallControl, CallEnded, EndReason, Returned
+from app.calls.control import CallControl, CallEnded, EndReason, Outbound, Returned
 from app.observability import mask_digits
 from app.telephony import call_token
 from app.telephony.elevenlabs_leg import ElevenLabsLeg
@@ -40,6 +41,9 @@ POLICY_VIOLATION = 1008
 # Agent audio is marked once it pauses this long, or this often while it goes on.
 MARK_QUIET_S = 0.1
 MARK_EVERY_S = 1.0
+# A voicemail is hung up once it has been heard, and after this at the latest.
+VOICEMAIL_MAX_S = 60.0
+VOICEMAIL_SETTLE_S = 1.0
 
 
 class MediaStreamRoute:
@@ -101,6 +105,8 @@ class Relay:
                 tasks.create_task(self._converse(call, upstream), name=f"bridge-elevenlabs-{call.call_sid}")
                 tasks.create_task(self._supervise(call), name=f"bridge-supervisor-{call.call_sid}")
                 tasks.create_task(self._watch_and_mark(call, upstream), name=f"bridge-watchdog-{call.call_sid}")
+                if call.outbound is not None and call.outbound.mode == "voicemail":
+                    tasks.create_task(self._voicemail(call), name=f"bridge-voicemail-{call.call_sid}")
         except* CallEnded as ended:
             reason = ended.exceptions[0].reason  # type: ignore[attr-defined]
         except* Exception:
@@ -157,10 +163,16 @@ class Relay:
         telephony = self.telephony
         params = start.custom_parameters
         caller = params.get("caller", "")
-        # A call back from a transfer: which one, and the agent's first words, as the token vouches.
+        # A call back from a transfer, or a call-back the agent placed: which one, and the agent's
+        # first words, as the token vouches.
         returned = Returned.decode(params.get("transfer"))
-        first = params.get("say") or None if returned is not None else None
-        context = f"{returned.encode()}\n{first or ''}" if returned is not None else ""
+        outbound = Outbound.decode(params.get("callback")) if returned is None else None
+        first = params.get("say") or None if returned is not None or outbound is not None else None
+        context = ""
+        if returned is not None:
+            context = f"{returned.encode()}\n{first or ''}"
+        elif outbound is not None:
+            context = f"callback {outbound.encode()}\n{first or ''}"
         key = call_token.derive_key(telephony.settings.secret("twilio_auth_token") or "")
         extra = {"call_sid": start.call_sid[:40]}
         if not call_token.verify(key, params.get("token"), start.call_sid, caller, time.time(), context):
@@ -173,7 +185,7 @@ class Relay:
             return False
         # The conversation opened when the webhook arrived, if it arrived here; else one of its own.
         self.upstream = telephony.early.claim(start.call_sid) or ElevenLabsLeg(telephony, start.call_sid, caller, first)
-        self.call = CallControl(start.call_sid, start.stream_sid, caller, self.twilio.send_mark, returned)
+        self.call = CallControl(start.call_sid, start.stream_sid, caller, self.twilio.send_mark, returned, outbound)
         telephony.calls[start.call_sid] = self.call
         return True
 
@@ -230,6 +242,17 @@ class Relay:
             if now - upstream.last_audio_at >= MARK_QUIET_S or now - marked_at >= MARK_EVERY_S:
                 marked_at = now
                 await twilio.mark_audio(call.audio_mark(upstream.response_id or 0))
+
+    async def _voicemail(self, call: CallControl) -> NoReturn:
+        """A call-back a machine answered: the agent's first words are the voicemail; once the machine
+        has heard them (Twilio's marks), hang up."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(VOICEMAIL_MAX_S):
+                while call.audio_progress == 0:  # noqa: ASYNC110 (polled, as marks are)
+                    await asyncio.sleep(MARK_QUIET_S)
+                await call.wait_heard(settle=VOICEMAIL_SETTLE_S, timeout=VOICEMAIL_MAX_S)
+        log.info("voicemail left", extra={"call_sid": call.call_sid})
+        raise CallEnded(EndReason.REQUESTED)
 
     async def _supervise(self, call: CallControl) -> NoReturn:
         try:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from quart import Blueprint, Response, request
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from app.calls.control import EndReason, Returned
+from app.calls.control import EndReason, Outbound, Returned
 from app.calls.shared import COMMAND_TIMEOUT_S
 from app.observability import mask_digits
 from app.records.events import CallReceived, CallRefused
@@ -52,10 +52,15 @@ def busy_twiml(settings: Settings) -> VoiceResponse:
 
 
 def connect_twiml(
-    settings: Settings, caller: str, token: str, returned: Returned | None = None, say: str | None = None
+    settings: Settings,
+    caller: str,
+    token: str,
+    returned: Returned | None = None,
+    say: str | None = None,
+    outbound: Outbound | None = None,
 ) -> VoiceResponse:
-    """The call's audio to the bridge; for a call back from a transfer, which one and the agent's
-    first words (the token vouches for both)."""
+    """The call's audio to the bridge; for a call back from a transfer or a call-back the agent
+    placed, which one and the agent's first words (the token vouches for both)."""
     r = VoiceResponse()
     connect = Connect(action=public_url(settings, ACTION_PATH), method="POST")
     stream = connect.stream(url=stream_url(settings, STREAM_PATH))
@@ -63,6 +68,9 @@ def connect_twiml(
     stream.parameter(name="token", value=token)
     if returned is not None:
         stream.parameter(name="transfer", value=returned.encode())
+    elif outbound is not None:
+        stream.parameter(name="callback", value=outbound.encode())
+    if returned is not None or outbound is not None:
         stream.parameter(name="say", value=say or "")
     r.append(connect)
     return r

@@ -9,6 +9,14 @@ Then the new TwiML runs (`twilio_dial`): a `<Dial>` to a number with a `Colleagu
 (`colleagues`) rings them, with call screening, and posts the `<Dial action>`; a `<Redirect>` is
 followed. A `<Connect><Stream>` that comes of either opens a new media stream on the call
 (`leg(call_sid)`). A number with nobody set up at it is left ringing: the test plays that part.
+
+Calls placed through `Calls.json` (To, From, Url, StatusCallback, StatusCallbackEvent,
+MachineDetection, AsyncAmd, AsyncAmdStatusCallback, Timeout) are run as Twilio runs them
+(`twilio_outbound`): the `Callee` at the number (`callees`; a list is used one per call, the last
+one kept) answers or not, and Twilio's requests reach the server at `app_url` signed for
+`app_public_url`. `hold_creates` keeps each create request waiting until it is set; with
+`refusing_held` it then fails as a request that never reached Twilio (a server killed while it
+waited never placed the call).
 """
 
 from __future__ import annotations
@@ -24,10 +32,11 @@ from typing import Any
 
 from quart import Quart, request
 
-from app.testing import twilio_dial
+from app.testing import twilio_dial, twilio_outbound
 from app.testing.live_server import LiveServer
-from app.testing.twilio_caller import TwilioCaller, Webhook
+from app.testing.twilio_caller import TwilioCaller, Webhook, new_sid
 from app.testing.twilio_dial import Colleague, Dialled
+from app.testing.twilio_outbound import Callee, Placed
 
 log = logging.getLogger("switchboard.testing")
 
@@ -75,6 +84,16 @@ class FakeTwilioApi:
         self.dials: list[Dialled] = []  # the <Dial>s run, once each is over
         self.legs: dict[str, list[TwilioCaller]] = {}  # new media streams opened on a call, in order
         self.on_leg: Callable[[TwilioCaller], None] | None = None
+        # Outbound calls (Calls.json): who is at each number, the calls placed, and where the server is.
+        self.callees: dict[str, Callee | list[Callee]] = {}
+        self.placed: list[Placed] = []
+        self.creates_seen = 0  # create requests received, placed or not
+        self.hold_creates: asyncio.Event | None = None
+        self.refusing_held = False  # a held create then fails as if it never reached Twilio
+        self.updated: set[str] = set()  # calls a REST update moved off their stream
+        self.app_url: str | None = None
+        self.app_public_url: str | None = None
+        self.realtime = False
         self._changed = asyncio.Condition()
         self._runs: set[asyncio.Task[None]] = set()
         self._server: LiveServer | None = None
@@ -114,6 +133,9 @@ class FakeTwilioApi:
         for legs in self.legs.values():
             for leg in legs:
                 await leg.aclose()
+        for placed in self.placed:
+            if placed.leg is not None:
+                await placed.leg.aclose()
         if self._server is not None:
             await self._server.__aexit__(*exc)
 
@@ -121,6 +143,21 @@ class FakeTwilioApi:
         """Until `predicate()` holds about the dials and legs (checked whenever one changes)."""
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(predicate)
+
+    async def changed(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _callee(self, number: str) -> Callee:
+        found = self.callees.get(number, Callee())
+        if isinstance(found, list):
+            return found.pop(0) if len(found) > 1 else found[0]
+        return found
+
+    async def placed_call(self, n: int = 0, timeout: float = 20.0) -> Placed:
+        """The n-th call placed through Calls.json."""
+        await self.wait_for(lambda: len(self.placed) > n, timeout)
+        return self.placed[n]
 
     async def leg(self, call_sid: str, n: int = 0, timeout: float = 20.0) -> TwilioCaller:
         """The n-th new media stream opened on the call (a call back from a transfer)."""
@@ -227,8 +264,43 @@ class FakeTwilioApi:
                 self.on_call_update(sid, form)
             stream = self.streams.get(sid)
             if stream is not None and stream.streaming:
+                self.updated.add(sid)
                 await stream.hang_up()  # the call leaves its <Connect><Stream>
                 self._run(stream, form)
             return {"sid": sid, "account_sid": account, "status": form.get("Status", "in-progress")}, 200
+
+        @app.post(f"{prefix}/Calls.json")
+        async def create_call(account: str) -> tuple[dict[str, Any], int]:
+            if not self._authorised() or account != self.account_sid:
+                return unauthorised, 401
+            self.creates_seen += 1
+            await self.changed()
+            if self.hold_creates is not None:
+                await self.hold_creates.wait()
+                if self.refusing_held:
+                    return TwilioError(503, 20500, "Service unavailable").body(), 503
+            posted = await request.form
+            form = {name: posted.get(name, "") for name in posted}
+            for name, code in (("To", 21201), ("From", 21603), ("Url", 21205)):
+                if not form.get(name):
+                    return TwilioError(400, code, f"A '{name}' phone number or URL is required.").body(), 400
+            placed = Placed(new_sid("CA"), form, posted.getlist("StatusCallbackEvent"))
+            self.placed.append(placed)
+            run = asyncio.get_running_loop().create_task(
+                self._logged(twilio_outbound.run(self, placed, self._callee(form["To"]))),
+                name=f"twilio-outbound-{placed.sid}",
+            )
+            self._runs.add(run)
+            run.add_done_callback(self._runs.discard)
+            return {
+                "sid": placed.sid,
+                "account_sid": account,
+                "to": form["To"],
+                "from": form["From"],
+                "status": "queued",
+                "direction": "outbound-api",
+                "api_version": "2010-04-01",
+                "uri": f"/2010-04-01/Accounts/{account}/Calls/{placed.sid}.json",
+            }, 201
 
         return app

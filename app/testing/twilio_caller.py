@@ -403,6 +403,11 @@ class TwilioCaller:
         return self.close_code
 
     @property
+    def hung_up(self) -> bool:
+        """Twilio's side ended the stream (the caller hung up, or a REST update moved the call on)."""
+        return self._stopped
+
+    @property
     def streaming(self) -> bool:
         """The media stream is open (Twilio has not ended it, nor has the server closed it)."""
         return self.ws is not None and not self.closed.is_set() and not self._stopped

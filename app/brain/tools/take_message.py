@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, create_model
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.brain.sanitise import CALLER_QUOTE_PREFIX, Message
+from app.brain.sanitise import CALLER_QUOTE_PREFIX
+from app.brain.sanitise import Message as Line
 from app.brain.small_talk import small_talk
 from app.brain.tools.definition import (
     ACTED,
@@ -35,9 +37,19 @@ from app.brain.tools.definition import (
     ok,
     refused,
 )
+from app.callbacks.dialer import Planner
+from app.callbacks.store import schedule_in
 from app.calls.registry import LiveCall
 from app.departments.spoken import MESSAGE_FOR
-from app.records.messages import MAX_MESSAGE_CHARS, MAX_NAME_CHARS, clean_text, normalise_number, spoken_digits
+from app.records.messages import (
+    MAX_MESSAGE_CHARS,
+    MAX_NAME_CHARS,
+    Message,
+    Then,
+    clean_text,
+    normalise_number,
+    spoken_digits,
+)
 
 if TYPE_CHECKING:
     from app.brain.tools.box import CallTools
@@ -130,6 +142,7 @@ async def handle(tools: CallTools, args: BaseModel) -> Outcome:
     try:
         # Committed before the model hears back, so a hang-up right after loses nothing.
         saved = await store.add(
+            then=_call_back(tools),
             name=name,
             callback_number=number,
             message=text,
@@ -145,6 +158,21 @@ async def handle(tools: CallTools, args: BaseModel) -> Outcome:
     kept = "" if len(fields["message"]) <= MAX_MESSAGE_CHARS else f" (shortened to {MAX_MESSAGE_CHARS} characters)"
     team = f"{department} team" if department else "team"
     return ok(f"Message saved{kept}. The {team} will call back on {number}.")
+
+
+def _call_back(tools: CallTools) -> Then | None:
+    """With CALLBACK=auto, the message's call-back is scheduled with it: for the next moment the
+    callee may be called and its department is open."""
+    box = tools.box
+    if box.settings.callback != "auto":
+        return None
+    planner = Planner(box.settings, box.directory)
+    now = box.directory.now()
+
+    async def schedule(conn: AsyncConnection, saved: Message) -> None:
+        await schedule_in(conn, saved.id, saved.callback_number, saved.department, now, planner.plan, now)
+
+    return schedule
 
 
 # --- without a model ------------------------------------------------------------------------------
@@ -246,7 +274,7 @@ async def _save(turn: RuleTurn, fields: _Fields) -> str:
     )
 
 
-def _exchange_lines(history: Sequence[Message], said: str, step: str) -> list[tuple[str, str | None]]:
+def _exchange_lines(history: Sequence[Line], said: str, step: str) -> list[tuple[str, str | None]]:
     """The caller's lines since they asked for the message (that request first, this turn's last),
     each with the question it answered, if it answered one."""
 
