@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint ask ingest eval fit-abstention bench configure call
+.PHONY: install run test lint ask ingest eval fit-abstention bench configure call test-calls
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ configure: install
 # to them; type the caller's side, or make call ARGS='--say "how much is autopay?" --say "bye" [--json]'
 call: install
 	$(PY) -m app.testing.phone $(ARGS)
+
+# Call scenarios (calls/*.yaml), each a whole call through the same stand-ins as `make call`:
+#   make test-calls [ARGS="calls/transfers.yaml --junit report.xml --json -j 4 --asr-noise 0.1 --seed 7"]
+test-calls: install
+	$(PY) -m app test-calls $(ARGS)
 
 # Retrieval quality on a question set: make eval DOCS=<dir> QUESTIONS="<file.jsonl> ..."
 #   [ARGS="--why --ablation --fit --write FILE --min abstain_f1=0.7"]

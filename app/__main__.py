@@ -1,5 +1,5 @@
 """`python -m app`: serve Switchboard with Hypercorn on PORT; `calls`, `gaps`, `messages`: read the records;
-`notify test`: try the webhooks and e-mail."""
+`notify test`: try the webhooks and e-mail; `test-calls`: run call scenarios against local stand-ins."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from app.notify import cli as notify_cli
 from app.observability import configure_logging
 from app.private_files import owner_only
 from app.records import cli
+from app.records.analyses import NEED_MET
 from app.records.messages import parse_since
 from app.serving.server import serve_until_drained
 from app.serving.workers import supervise
@@ -45,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     calls.add_argument(
         "--limit", type=int, default=cli.LIST_LIMIT, help=f"at most this many (default {cli.LIST_LIMIT})"
     )
+    calls.add_argument("--intent", help="only calls analysed with this intent (e.g. billing)")
+    calls.add_argument(
+        "--need-met", choices=NEED_MET, help="only calls analysed with this outcome for the caller's need"
+    )
     calls.add_argument("--json", action="store_true", help="one JSON document, for machines")
     gaps = commands.add_parser("gaps", help="questions the documents could not answer, most asked first")
     gaps.add_argument("--handled", action="store_true", help="the gaps marked handled instead of the open ones")
@@ -54,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON array, for machines")
     notify = commands.add_parser("notify", help="`notify test`: a signed ping to every webhook, a test e-mail")
     notify.add_argument("action", choices=["test"])
+    commands.add_parser(
+        "test-calls", add_help=False, help="run call scenarios (calls/*.yaml); `test-calls --help` for more"
+    )
     return parser
 
 
@@ -67,7 +75,7 @@ def _read(command: str, args: argparse.Namespace) -> int:
         return 2
     if command == "calls":
         if not args.show:
-            return asyncio.run(cli.calls(settings, since, args.json, args.limit, out))
+            return asyncio.run(cli.calls(settings, since, args.json, args.limit, out, args.intent, args.need_met))
         if len(args.show) != 2 or args.show[0] != "show":
             print("usage: python -m app calls show CALL_SID [--json]", file=sys.stderr)
             return 2
@@ -78,8 +86,13 @@ def _read(command: str, args: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    args = _parser().parse_args()
     owner_only()  # records, logs, models and the index under DATA_DIR
+    if sys.argv[1:2] == ["test-calls"]:
+        # The scenario runner drives the stand-ins of app.testing: imported for this command alone.
+        from app.testing.scenarios.cli import main as test_calls
+
+        sys.exit(test_calls(sys.argv[2:]))
+    args = _parser().parse_args()
     if args.command in ("calls", "gaps", "messages"):
         sys.exit(_read(args.command, args))
     if args.command == "notify":

@@ -232,6 +232,24 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.caller_lookups = Counter(
+            "switchboard_caller_lookups_total",
+            "Caller lookups at pickup by outcome: answered, unknown, timeout, error, invalid, too_large",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.caller_lookup_seconds = Histogram(
+            "switchboard_caller_lookup_seconds",
+            "Caller lookup request to its answer (or the timeout)",
+            registry=self.registry,
+            buckets=(0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3, 10),
+        )
+        self.analyses = Counter(
+            "switchboard_analyses_total",
+            "Post-call analyses by method (model, rules) and outcome: done, retried (to be tried again), failed",
+            ["method", "outcome"],
+            registry=self.registry,
+        )
         self.admin_logins = Counter(
             "switchboard_admin_logins_total",
             "Review page requests by login outcome (success, failure: a wrong user or password)",

@@ -10,13 +10,15 @@ from typing import Any
 from quart import current_app
 
 from app.admin.guard import Logins
+from app.analysis.worker import Analyst
 from app.brain.llm import LLM
 from app.brain.prompt import Prompt
 from app.brain.tools import Toolbox
 from app.brain.turn import TurnPipeline
+from app.calls.caller_lookup import CallerLookups
 from app.calls.registry import InProcessCallRegistry
 from app.calls.shared import SharedCallRegistry, SharedOutcomes, SharedSlots, SharedState, SharedTransfers
-from app.clock import Clock, SystemClock
+from app.clock import CallClock, Clock
 from app.departments.directory import Directory
 from app.knowledge.embedding import query_encoder_for
 from app.knowledge.retrieval import Retriever
@@ -36,7 +38,7 @@ class Services:
         self.settings = settings
         self.metrics = Metrics()
         # The one clock opening hours are read against (tests and scenarios set it).
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock or CallClock()
         self.directory = Directory(settings, self.clock)
         self.llm: LLM | None = None
         self.pipeline: TurnPipeline | None = None
@@ -51,9 +53,12 @@ class Services:
             settings, self.metrics, self.directory, self.telephony.transfers, self.telephony.calls
         )
         self.toolbox: Toolbox | None = None
+        self.analyst: Analyst | None = None
         self.records = RecordsStore(settings, self.metrics, self._embed_question)
         self.delivery = Delivery(settings, self.metrics, self.records.engine, self.records.outbox, self.records.ready)
-        self.telephony.observers += [self.registry, self.records]
+        self.lookups = CallerLookups(settings, self.metrics, self.records.record, self.shared)
+        self.telephony.lookups = self.lookups
+        self.telephony.observers += [self.registry, self.records, self.lookups]
         self.drain = Drain(self)
         self.logins = Logins(self.metrics)
 
@@ -82,6 +87,7 @@ class Services:
         self.delivery.start()
         for line in notify_status(self.settings):
             log.warning(line)
+        self.lookups.start()
         await self.telephony.start()
         await self.call_actions.start()
         self.toolbox = Toolbox(
@@ -94,6 +100,9 @@ class Services:
                 "(DEPARTMENTS_FILE or TRANSFER_TARGETS)"
             )
         self.llm = LLM(self.settings)
+        records = self.records
+        self.analyst = Analyst(self.settings, self.metrics, records.engine, records.outbox, records.ready, self.llm)
+        self.analyst.start()
         # Loading the model and the index is blocking work: keep it off the event loop.
         encoder = await asyncio.to_thread(query_encoder_for, self.settings)
         self.retriever = Retriever(self.settings, encoder)
@@ -112,6 +121,9 @@ class Services:
         await self.registry.close()
         await self.call_actions.aclose()
         await self.telephony.stop()
+        await self.lookups.stop()
+        if self.analyst is not None:
+            await self.analyst.stop()
         await self.delivery.stop()
         await self.records.stop()
         if self.shared is not None:

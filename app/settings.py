@@ -37,6 +37,14 @@ _DATABASE_SCHEMES = {
     "sqlite+aiosqlite": "sqlite+aiosqlite",
 }
 DEFAULT_GREETING = "Thanks for calling {COMPANY_NAME}. How can I help?"
+# In GREETING: the caller's name, when the caller lookup has answered with one before the greeting goes.
+CALLER_NAME = "{caller.name}"
+_CALLER_NAME_GAP = re.compile(r"\s*\{caller\.name\}")
+_LEADING_PUNCTUATION = re.compile(r"^[\s,;:.!?-]+")
+DEFAULT_INTENTS = ("question", "billing", "technical problem", "sales", "complaint", "other")
+OTHER_INTENT = "other"  # always one of the intents: a call that fits none of the others
+_INTENT = re.compile(r"^[a-z][a-z0-9 _-]{0,31}$")
+MAX_INTENTS = 20
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 DEPARTMENT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _EMAIL = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+$")
@@ -135,6 +143,15 @@ class Settings(BaseSettings):
     notify_email_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
     smtp_url: SecretStr | None = None
 
+    # Caller lookup at pickup: the caller's number POSTed here, signed like the webhooks (with
+    # NOTIFY_WEBHOOK_SECRET: none is made without it). An answer later than the timeout is ignored.
+    caller_lookup_url: SecretStr | None = None
+    caller_lookup_timeout_ms: int = Field(800, ge=50, le=10_000)
+
+    # Post-call analysis: the intents a call is sorted into, and the fields ANALYSIS_FILE (YAML) defines.
+    analysis_intents: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_INTENTS))
+    analysis_file: Path | None = None
+
     # Bearer token for /metrics from anywhere but this machine (without it, loopback only).
     metrics_token: SecretStr | None = None
 
@@ -192,7 +209,7 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must be postgresql://user:password@host:5432/dbname (or sqlite:///path)")
         return value
 
-    @field_validator("notify_webhook_url", "notify_email_to", mode="before")
+    @field_validator("notify_webhook_url", "notify_email_to", "analysis_intents", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
@@ -208,6 +225,42 @@ class Settings(BaseSettings):
                     "https://hooks.example/switchboard (at most 1000 characters)"
                 )
         return list({url.get_secret_value(): url for url in value}.values())
+
+    @field_validator("caller_lookup_url")
+    @classmethod
+    def _lookup_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("https", "http") or not parts.hostname or len(value.get_secret_value()) > _MAX_URL:
+            raise ValueError("CALLER_LOOKUP_URL must look like https://crm.example/switchboard/caller")
+        return value
+
+    @field_validator("analysis_intents")
+    @classmethod
+    def _intents(cls, value: list[str]) -> list[str]:
+        intents = list(dict.fromkeys(" ".join(intent.lower().split()) for intent in value))
+        for intent in intents:
+            if not _INTENT.match(intent):
+                raise ValueError(f"intent {intent!r}: lower-case letters, digits, spaces, - or _ (at most 32)")
+        if OTHER_INTENT not in intents:
+            intents.append(OTHER_INTENT)
+        if len(intents) > MAX_INTENTS:
+            raise ValueError(f"{len(intents)} intents: at most {MAX_INTENTS}")
+        return intents
+
+    @field_validator("analysis_file")
+    @classmethod
+    def _analysis_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_file():
+            raise ValueError(f"{value} does not exist")
+        # Imported here: the field definitions' module uses the records' text helpers, which use settings.
+        from app.analysis.fields import load_fields
+
+        load_fields(value)
+        return value
 
     @field_validator("notify_email_to")
     @classmethod
@@ -284,8 +337,27 @@ class Settings(BaseSettings):
 
     @property
     def first_message(self) -> str | None:
-        """The greeting as the caller hears it, or None when GREETING is empty."""
-        return self.greeting.replace("{COMPANY_NAME}", self.company_name).strip() or None
+        """The plain greeting (no caller's name), or None when GREETING is empty."""
+        return self.greeting_for(None)
+
+    def greeting_for(self, name: str | None) -> str | None:
+        """The greeting as the caller hears it: `{caller.name}` filled in, or, without a name, taken
+        out with the space before it ("Hi {caller.name}, thanks" says "Hi, thanks"; a greeting left
+        starting with punctuation loses it and starts with a capital)."""
+        text = self.greeting.replace("{COMPANY_NAME}", self.company_name)
+        if name:
+            text = text.replace(CALLER_NAME, name)
+        elif CALLER_NAME in text:
+            text = _LEADING_PUNCTUATION.sub("", _CALLER_NAME_GAP.sub("", text))
+            text = text[:1].upper() + text[1:]
+        return text.strip() or None
+
+    @property
+    def caller_lookup(self) -> str | None:
+        """Where callers are looked up: None without NOTIFY_WEBHOOK_SECRET, so no lookup goes unsigned."""
+        if self.notify_webhook_secret is None:
+            return None
+        return self.secret("caller_lookup_url")
 
     @property
     def brain_auth_configured(self) -> bool:

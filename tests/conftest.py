@@ -88,6 +88,16 @@ def running() -> Iterator[list[Any]]:
 
 
 @pytest.fixture
+def checkout(tmp_path: Path, shared_data_dir: Path, kb_index: Path) -> Path:
+    """A fresh clone after `make run`, for commands run as a new user runs them (the index ingested
+    once per test session; `make run` would build it the same way if it were missing). Its
+    departments are open around the clock: what a call does must not depend on when it runs."""
+    from tests.support.make_call import checkout as make_checkout
+
+    return make_checkout(tmp_path / "checkout", shared_data_dir, kb_index, always_open=True)
+
+
+@pytest.fixture
 def make_settings(shared_data_dir: Any, kb_index: Path) -> Callable[..., Settings]:
     """Settings for a test server: the shared secret, the sample knowledge base, and any overrides."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -186,6 +187,23 @@ async def test_audio_marks_track_what_was_heard() -> None:
     call.cleared()
     assert not call.playing
     assert await call.wait_heard(settle=0, timeout=1)
+
+
+async def test_a_line_joining_audio_not_yet_marked_counts_as_started() -> None:
+    """A transfer waits for its line's first audio: that audio may join a burst that is still
+    going out unmarked, and must count all the same (else the transfer waits out its timeout)."""
+
+    async def send_mark(name: str) -> bool:
+        return True
+
+    call = CallControl("CA1", "MZ1", "", send_mark)
+    call.audio_sent()  # the answer before the line starts playing, not marked yet
+    since = call.audio_progress  # the turn with the transfer begins
+    call.audio_sent()  # its line's first chunk, in the same burst
+    assert call.audio_progress > since
+    call.audio_mark(3)
+    assert call.progress_at(0.0) == 0  # before any audio
+    assert call.progress_at(time.time() + 60) == call.audio_progress  # nothing began after that
 
 
 async def test_end_is_requested_once_with_its_reason() -> None:

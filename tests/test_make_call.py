@@ -6,45 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import signal
 import socket
 import sys
-import tomllib
 from pathlib import Path
 
-import pytest
-
-from app.departments.schedule import WEEKDAYS
 from tests.support.make_call import COMMAND, environment, run
-from tests.support.paths import DEPARTMENTS, ENV_EXAMPLE, KNOWLEDGE
-from tests.support.processes import descendants, running
+from tests.support.processes import as_a_terminal_starts_it, descendants, running
 
 GREETING = "Thanks for calling Kestrel Broadband. How can I help?"
 ADDRESS = re.compile(r"(?:http|ws)://127\.0\.0\.1:(\d+)")
-
-
-@pytest.fixture
-def checkout(tmp_path: Path, shared_data_dir: Path, kb_index: Path) -> Path:
-    """A fresh clone after `make run`: .env.example, the sample documents, and the index built from
-    them (ingested once per test session; `make call` would build it the same way if it were missing)."""
-    root = tmp_path / "checkout"
-    root.mkdir()
-    shutil.copy(ENV_EXAMPLE, root / ".env.example")
-    # The sample's departments, open around the clock: what the call does must not depend on when it runs.
-    always = ", ".join(f'{day} = "00:00-24:00"' for day in WEEKDAYS)
-    (root / "departments.toml").write_text(
-        "".join(
-            f'[departments.{name}]\nnumber = "{d["number"]}"\nhandles = "{d["handles"]}"\n'
-            f'time_zone = "{d["time_zone"]}"\nhours = {{ {always} }}\n\n'
-            for name, d in tomllib.loads(DEPARTMENTS.read_text())["departments"].items()
-        )
-    )
-    (root / "knowledge").symlink_to(KNOWLEDGE)
-    shutil.copytree(kb_index, root / "data" / "index")
-    if (shared_data_dir / "models").is_dir():
-        shutil.copytree(shared_data_dir / "models", root / "data" / "models")
-    return root
 
 
 async def test_a_scripted_call_answers_takes_a_message_and_transfers(checkout: Path) -> None:
@@ -97,13 +68,6 @@ def refuses(port: int) -> bool:
     except OSError:
         return True
     return False
-
-
-def as_a_terminal_starts_it() -> None:
-    """In the child before `make call` starts: Ctrl-C's signal at its default, as a shell leaves it for
-    the command it runs in the foreground. A suite started in the background by a shell without job
-    control (CI, a long run) has SIGINT ignored, and a child inherits that: Ctrl-C would never reach it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 async def test_ctrl_c_mid_call_leaves_nothing_running(checkout: Path) -> None:

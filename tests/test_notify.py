@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import select, update
 
 from app.notify.delivery import Clock, Delivery, DeliveryTimings
-from app.notify.signature import HEADER
 from app.observability import Metrics
 from app.records.events import CallEnded, CallReceived, TurnDone
 from app.records.outbox import lease_next
@@ -27,26 +26,13 @@ from app.settings import Settings
 from app.testing.live_server import bound_socket
 from tests.support.calls import sid
 from tests.support.mailbox import Mailbox
-from tests.support.paths import README
 from tests.support.receiver import Receiver
+from tests.support.signing import readme_verifier, signed_by
 from tests.support.waiting import until
 
 SECRET = "whsec_test_secret"
 FAST = DeliveryTimings(send_timeout=10.0, mail_timeout=10.0, lease=30.0, poll=0.05, first_retry=0.05, max_retry=0.2)
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
-
-
-def readme_verifier() -> Callable[[bytes, str, str], bool]:
-    """The README's receiver snippet, run as a receiver would copy it."""
-    snippet = re.search(r"```python\n(import hashlib.*?)```", README.read_text(), re.S)
-    assert snippet is not None, "README lost its signature snippet"
-    scope: dict[str, Any] = {}
-    exec(snippet.group(1), scope)
-    return scope["is_from_switchboard"]
-
-
-def signed_by(request: Any, secret: str) -> bool:
-    return readme_verifier()(request.body, request.headers[HEADER], secret)
 
 
 class JumpingClock(Clock):

@@ -16,7 +16,15 @@ from sqlalchemy import func, insert, select, text
 from app.knowledge.retrieval import Passage
 from app.observability import Metrics
 from app.records.database import create_engine, upgrade
-from app.records.events import CallAnswered, CallEnded, CallReceived, CallRefused, TransferResult, TurnDone
+from app.records.events import (
+    CallAnswered,
+    CallEnded,
+    CallerLookedUp,
+    CallReceived,
+    CallRefused,
+    TransferResult,
+    TurnDone,
+)
 from app.records.queries import Cursor, get_call, list_calls, list_gaps, mark_gap_handled
 from app.records.retention import purge
 from app.records.schema import calls, gaps, messages, passages, turns
@@ -166,9 +174,11 @@ async def test_retention_deletes_exactly_what_is_older_than_the_window(store: Re
     await written(
         store,
         CallReceived(sid(1), None, old),
+        CallerLookedUp(sid(1), "answered", {"name": "Dana"}, old),
         CallEnded(sid(1), "caller_hung_up", "caller_hung_up", old + timedelta(seconds=5), 5.0),
         turn(sid(1), "old question", at=old, sources=(source,)),
         CallReceived(sid(2), None, recent),
+        CallerLookedUp(sid(2), "timeout", None, recent),
         CallEnded(sid(2), "caller_hung_up", "caller_hung_up", recent + timedelta(seconds=5), 5.0),
         turn(sid(2), "recent question", at=recent),
     )
@@ -192,7 +202,9 @@ async def test_retention_deletes_exactly_what_is_older_than_the_window(store: Re
     )
     await store.messages.mark_handled(handled_old.id, now=old)
     gone = await purge(store.engine, 30, now)
-    assert gone == {"turns": 1, "calls": 1, "messages": 1, "gaps": 0, "passages": 1, "events": 0}
+    assert gone == {
+        "turns": 1, "calls": 1, "analyses": 1, "lookups": 1, "messages": 1, "gaps": 0, "passages": 1, "events": 0
+    }  # fmt: skip
     async with store.engine.connect() as conn:
         assert (await conn.execute(select(calls.c.call_sid))).scalars().all() == [sid(2)]
         assert (await conn.execute(select(turns.c.caller_text))).scalars().all() == ["recent question"]

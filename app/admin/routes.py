@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.admin.charts import latency_bar, per_day_bars
 from app.admin.guard import CSRF_FIELD, SECURITY_HEADERS, csrf_token, csrf_valid, refusal, same_origin
 from app.observability import one_line
+from app.records.analyses import NEED_MET
 from app.records.outbox import dead_events, send_again, waiting
 from app.records.queries import (
     GAPS_PAGE,
@@ -117,6 +118,9 @@ async def home() -> str:
 async def calls() -> str:
     start, end = _day(request.args.get("from")), _day(request.args.get("to"))
     outcome = request.args.get("outcome") if request.args.get("outcome") in OUTCOMES else None
+    intents = services().settings.analysis_intents
+    intent = request.args.get("intent") if request.args.get("intent") in intents else None
+    need_met = request.args.get("need_met") if request.args.get("need_met") in NEED_MET else None
     after = Cursor.decode(request.args.get("after"))
     async with services().records.engine.connect() as conn:
         rows, more = await list_calls(
@@ -124,13 +128,18 @@ async def calls() -> str:
             since=datetime.combine(start, time.min, UTC) if start else None,
             until=datetime.combine(end + timedelta(days=1), time.min, UTC) if end else None,
             outcome=outcome,
+            intent=intent,
+            need_met=need_met,
             after=after,
         )
-    filters = {k: v for k, v in (("from", start), ("to", end), ("outcome", outcome)) if v}
+    chosen = (("from", start), ("to", end), ("outcome", outcome), ("intent", intent), ("need_met", need_met))
+    filters = {k: v for k, v in chosen if v}
     return await _page(
         "admin/calls.html",
         rows=rows,
         outcomes=OUTCOMES,
+        intents=intents,
+        need_met=NEED_MET,
         filters=filters,
         paged=after is not None,
         next_url=url_for("admin.calls", **filters, after=more.encode()) if more else None,

@@ -199,6 +199,26 @@ class LLM:
             if stream is not None:
                 await stream.close()
 
+    async def complete(self, messages: list[dict[str, Any]], response_format: dict[str, Any], timeout: float) -> str:
+        """One whole answer's text, not streamed, in `response_format` (a JSON schema): for work off
+        the call's path, such as post-call analysis. LLMError when it fails or refuses."""
+        if self._client is None:
+            raise LLMError("no model configured", spoke=False)
+        try:
+            answer = await self._client.chat.completions.create(
+                model=self.model or "",
+                messages=messages,
+                response_format=response_format,
+                timeout=timeout,  # type: ignore[arg-type]
+            )
+        except openai.OpenAIError as exc:
+            raise LLMError(f"{type(exc).__name__}: {exc}", spoke=False) from exc
+        message = answer.choices[0].message if answer.choices else None
+        refusal = getattr(message, "refusal", None)
+        if message is None or refusal:
+            raise LLMError(f"the model gave no answer: {refusal or 'no choices'}", spoke=False)
+        return message.content or ""
+
 
 def _take(chunk: Any, parts: _ToolCallParts | None) -> str | None:
     """The chunk's text; its tool-call deltas (if any, and if tools were offered) go to `parts`.

@@ -100,6 +100,7 @@ class Conversation:
         self.svc = svc
         self.session = session
         self.tools = svc.toolbox.conversation(call_sid) if svc.toolbox is not None else None
+        self.caller = svc.lookups.conversation(lambda: self.tools.known_call_sid if self.tools is not None else None)
 
     def wire(self) -> None:
         self.session.on("init", self.on_init)
@@ -126,7 +127,7 @@ class Conversation:
         conversation_id_var.set(record.conversation_id)
         event_id_var.set(record.event_id)
         assert self.svc.pipeline is not None
-        answer = self.svc.pipeline.answer(transcript, record, self.tools)
+        answer = self.svc.pipeline.answer(transcript, record, self.tools, self.caller)
         try:
             await self.session.send_response(answer)
         except asyncio.CancelledError:

@@ -8,7 +8,8 @@ With tools, a model round that ends in tool calls is followed by another round t
 results (at most MAX_TOOL_ROUNDS such rounds per turn); text from every round streams straight
 through. The tools themselves are gated in `tools`, and a turn the Speech Engine sends again (it
 gave up waiting) gets the effects its first attempt had (`effects`). A turn slow to start says the
-holding line first (`holding`).
+holding line first (`holding`). What the caller lookup answered is fetched while retrieval runs and
+given to the model as data (`prompt`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from app.brain.small_talk import small_talk
 from app.brain.speech_filter import SpeechFilter
 from app.brain.spoken_fallback import CANNOT_LOOK_UP, NO_ANSWER, extractive_answer
 from app.brain.tools import ACTED, BY_NAME, CallTools
+from app.calls.caller_context import CallerContext
+from app.calls.caller_lookup import ConversationCaller
 from app.knowledge.retrieval import Passage, Retrieval, Retriever
 from app.observability import Metrics
 from app.records.events import TurnDone
@@ -157,7 +160,11 @@ class TurnPipeline:
         self.hold_after = hold_after(settings.cascade_timeout_seconds)
 
     async def answer(
-        self, transcript: Sequence[Any], record: TurnRecord, tools: CallTools | None = None
+        self,
+        transcript: Sequence[Any],
+        record: TurnRecord,
+        tools: CallTools | None = None,
+        caller: ConversationCaller | None = None,
     ) -> AsyncIterator[str]:
         """Yield the spoken answer. Whatever fails, the caller hears something.
 
@@ -169,7 +176,9 @@ class TurnPipeline:
         pending = ""
         spoken = SpeechFilter()
         pieces = holding(
-            self._answer(transcript, record, tools), record.started + self.hold_after, lambda: record.chunks > 0
+            self._answer(transcript, record, tools, caller),
+            record.started + self.hold_after,
+            lambda: record.chunks > 0,
         )
         try:
             async for raw in pieces:
@@ -206,7 +215,11 @@ class TurnPipeline:
                 tools.end_turn()
 
     async def _answer(
-        self, transcript: Sequence[Any], record: TurnRecord, tools: CallTools | None
+        self,
+        transcript: Sequence[Any],
+        record: TurnRecord,
+        tools: CallTools | None,
+        caller: ConversationCaller | None,
     ) -> AsyncIterator[str]:
         clean = sanitise_transcript(
             transcript,
@@ -233,22 +246,27 @@ class TurnPipeline:
             record.outcome, record.fallback = "no_index", "index unavailable"
             yield CANNOT_LOOK_UP
             return
-        # Finding the call may ask Redis (shared call state): do it while retrieval runs, not after.
-        binding = asyncio.ensure_future(tools.begin_turn(turn)) if tools is not None and self.llm.enabled else None
+        # Finding the call and its caller's data may ask Redis (shared call state): do it while
+        # retrieval runs, not after.
+        model = self.llm.enabled
+        binding = asyncio.ensure_future(tools.begin_turn(turn)) if tools is not None and model else None
+        known = asyncio.ensure_future(caller.context()) if caller is not None and model else None
         try:
             retrieval = await self.retriever.retrieve(query)
             record.retrieved(retrieval)
-            if not self.llm.enabled:
+            if not model:
                 record.outcome, record.fallback = "documents_only", "no model"
                 yield await self._documents_answer(retrieval, query, clean, record)
                 return
             if binding is not None:
                 await binding
-            async for text in self._model_answer(clean, retrieval, query, record, tools):
+            context = await known if known is not None else None
+            async for text in self._model_answer(clean, retrieval, query, record, tools, context):
                 yield text
         finally:
-            if binding is not None and not binding.cancel() and not binding.cancelled():
-                binding.exception()  # it had finished: a failure of it is not left unretrieved
+            for work in (binding, known):
+                if work is not None and not work.cancel() and not work.cancelled():
+                    work.exception()  # it had finished: a failure of it is not left unretrieved
 
     async def _model_answer(
         self,
@@ -257,6 +275,7 @@ class TurnPipeline:
         query: str,
         record: TurnRecord,
         tools: CallTools | None,
+        caller: CallerContext | None = None,
     ) -> AsyncIterator[str]:
         """Model rounds: text streams out as it comes; tool calls are gated, answered, and the
         model goes again (at most MAX_TOOL_ROUNDS times, the last round without tools). The turn's
@@ -265,7 +284,7 @@ class TurnPipeline:
         specs = tools.box.specs(offered) if tools is not None and offered else None
         returned = tools.call.returned if tools is not None and tools.call is not None else None
         call_sid = tools.known_call_sid if tools is not None else None
-        messages = self.prompt.messages(clean, retrieval, offered, returned, call_sid)
+        messages = self.prompt.messages(clean, retrieval, offered, returned, call_sid, caller)
         spoke = acted = False
         tail = " "  # the last character spoken so far
         for round_no in range(MAX_TOOL_ROUNDS + 1):

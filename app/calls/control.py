@@ -127,15 +127,18 @@ class CallControl:
         self._unmarked = False
         self._heard = asyncio.Event()
         self._heard.set()
-        # When audio_progress last grew (the newest few), so a baseline can be taken after the fact.
-        self._progress_times: deque[float] = deque(maxlen=PROGRESS_HISTORY)
+        self._chunks = 0  # agent audio chunks sent
+        # When the newest few bursts of audio began, with the chunks sent before each, so a baseline
+        # can be taken after the fact.
+        self._bursts: deque[tuple[float, int]] = deque(maxlen=PROGRESS_HISTORY)
 
     # --- for tools ------------------------------------------------------------------------
 
     @property
     def audio_progress(self) -> int:
-        """Grows whenever agent audio goes out: a turn's baseline for "its line has started"."""
-        return self._marks_sent + self._unmarked
+        """Grows with every chunk of agent audio that goes out: a turn's baseline for "its line has
+        started" (also when the line's audio joins a burst that was not marked yet)."""
+        return self._chunks
 
     @property
     def playing(self) -> bool:
@@ -197,14 +200,15 @@ class CallControl:
 
     def progress_at(self, when: float) -> int:
         """`audio_progress` as it was at wall-clock time `when` (a turn on another replica started then)."""
-        return self.audio_progress - sum(1 for at in self._progress_times if at > when)
+        return next((chunks for at, chunks in self._bursts if at > when), self._chunks)
 
     def audio_sent(self) -> None:
         """A chunk of agent audio went to Twilio (called per chunk: keep it cheap)."""
+        self._chunks += 1
         if not self._unmarked:
             self._unmarked = True
             self._heard.clear()
-            self._progress_times.append(time.time())
+            self._bursts.append((time.time(), self._chunks - 1))
 
     @property
     def unmarked_audio(self) -> bool:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 
 from app.notify.events import Sent
-from app.notify.signature import HEADER, sign
+from app.notify.signature import signed_json
 
 USER_AGENT = "Switchboard-Webhooks/1"
 ANSWER_BYTES = 1024
@@ -21,7 +20,7 @@ class WebhookSender:
         self.client = httpx.AsyncClient(follow_redirects=False, trust_env=False, headers={"User-Agent": USER_AGENT})
 
     async def send(self, url: str, body: bytes, timeout: float) -> Sent:
-        headers = {"Content-Type": "application/json", HEADER: sign(self.secret, body, int(time.time()))}
+        headers = signed_json(self.secret, body)
         try:
             async with asyncio.timeout(timeout):
                 async with self.client.stream("POST", url, content=body, headers=headers, timeout=timeout) as response:

@@ -36,10 +36,18 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
-async def calls(settings: Settings, when: datetime | None, as_json: bool, limit: int, out: TextIO) -> int:
+async def calls(
+    settings: Settings,
+    when: datetime | None,
+    as_json: bool,
+    limit: int,
+    out: TextIO,
+    intent: str | None = None,
+    need_met: str | None = None,
+) -> int:
     async def work(store: RecordsStore) -> int:
         async with store.engine.connect() as conn:
-            rows, _ = await list_calls(conn, since=when, limit=limit)
+            rows, _ = await list_calls(conn, since=when, intent=intent, need_met=need_met, limit=limit)
         if as_json:
             _dump({"calls": [row.to_json() for row in rows]}, out)
             return 0
@@ -52,6 +60,8 @@ async def calls(settings: Settings, when: datetime | None, as_json: bool, limit:
                 f"{row.turns:>3} turns  {row.call_sid}",
                 file=out,
             )
+            if row.summary:
+                print(f"    {row.intent}, {_shown(row.need_met)}: {row.summary}", file=out)
         return 0
 
     return await _with_store(settings, work)
@@ -80,6 +90,12 @@ def _print_call(detail: CallDetail, out: TextIO) -> None:
     print(f"Outcome: {c.outcome}; ended: {c.ended_how}", file=out)
     if c.transfer_how:
         print(f"Transfer: {c.transfer_how}", file=out)
+    lookup = detail.caller_lookup
+    if lookup is not None:
+        print(f"Caller lookup: {_shown(lookup.outcome)}", file=out)
+        for key, value in (lookup.data or {}).items():
+            print(f"  {key}: {value}", file=out)
+    _print_analysis(detail, out)
     if detail.greeting:
         print(f"\n  agent:  {detail.greeting}", file=out)
     for turn in detail.turns:
@@ -96,6 +112,25 @@ def _print_call(detail: CallDetail, out: TextIO) -> None:
         print(f"          ({'; '.join(notes)}; {timing})", file=out)
         for source in turn.sources:
             print(f"          read {source.source} > {source.heading} ({source.similarity:.2f})", file=out)
+
+
+def _print_analysis(detail: CallDetail, out: TextIO) -> None:
+    stored = detail.analysis
+    if stored is None:
+        return
+    if stored.analysis is None:
+        state = f"failed after {stored.attempts} tries: {stored.error}" if stored.state == "failed" else "pending"
+        print(f"Analysis: {state}", file=out)
+        return
+    a = stored.analysis
+    print(f"Analysis ({a.method}): intent {a.intent}; need met: {_shown(a.need_met)}", file=out)
+    print(f"  {a.summary}", file=out)
+    for name, value in a.fields.items():
+        print(f"  {name}: {value if value is not None else '- (' + a.empty.get(name, 'empty') + ')'}", file=out)
+
+
+def _shown(value: str | None) -> str:
+    return (value or "-").replace("_", " ")
 
 
 async def gaps(settings: Settings, as_json: bool, handled: bool, out: TextIO) -> int:

@@ -40,6 +40,17 @@ class CallAnswered:
 
 
 @dataclass(frozen=True, slots=True)
+class CallerLookedUp:
+    """What the caller lookup came to (answered, unknown, timeout, error, invalid, too_large), and
+    the caller's data as kept (checked, capped, redacted)."""
+
+    call_sid: str
+    outcome: str
+    data: dict[str, Any] | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class TransferResult:
     """Where a transfer stands: `ringing`, then `connected`, `no_answer`, `busy`, `declined`,
     `voicemail`, `failed` or `canceled` (the caller hung up while it rang); or `closed`, refused
@@ -82,4 +93,4 @@ class TurnDone:
     gap_vector: Any = field(default=None)
 
 
-RecordEvent = CallReceived | CallRefused | CallAnswered | TransferResult | CallEnded | TurnDone
+RecordEvent = CallReceived | CallRefused | CallAnswered | CallerLookedUp | TransferResult | CallEnded | TurnDone

@@ -1,7 +1,7 @@
 """The outbox: what the team is told (webhooks, e-mail), kept in the records store until it is sent.
 
 An event is written in the same transaction as what it announces (a message, a new gap, a call's
-end), one row per destination, so a crash between "saved" and "sent" loses nothing.
+end, its analysis), one row per destination, so a crash between "saved" and "sent" loses nothing.
 
 Each destination is sent in id order, one event at a time. A delivery worker takes the destination's
 oldest pending row by a lease: an UPDATE that only succeeds while no unexpired lease is on the row,
@@ -30,6 +30,7 @@ from app.settings import Settings
 MESSAGE_CREATED = "message.created"
 CALL_ENDED = "call.ended"
 GAP_CREATED = "gap.created"
+CALL_ANALYZED = "call.analyzed"
 RETRY_FOR = timedelta(days=1)
 # call.ended waits this long before it is first sent, and is composed from the records then: a turn
 # another replica was still writing when the call ended is counted.

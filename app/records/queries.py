@@ -2,7 +2,8 @@
 page and the command line alike.
 
 The calls list pages by keyset on (started_at, id), newest first, on the index that filter uses,
-so any page costs the same with a hundred calls or a hundred thousand.
+so any page costs the same with a hundred calls or a hundred thousand. Each call comes with its
+analysis, if it has one (summary, intent, whether the caller's need was met).
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from typing import Any
 from sqlalchemy import Date, cast, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.records.analyses import NEED_MET, StoredAnalysis, stored
 from app.records.outbox import count_dead
-from app.records.schema import OUTCOMES, calls, gaps, messages, passages, turn_sources, turns
+from app.records.schema import OUTCOMES, analyses, caller_lookups, calls, gaps, messages, passages, turn_sources, turns
 
 PAGE = 50
 OVERVIEW_DAYS = 14
 LATENCY_SAMPLE = 10_000  # the most recent turns the overview's percentiles are taken over
 GAP_CALLS = 10  # calls linked from each gap
 GAPS_PAGE = 100
+TOP_INTENTS = 5
 
 
 def mask_phone(number: str | None) -> str:
@@ -72,6 +75,11 @@ class CallRow:
     conversation_id: str | None
     transfer_department: str | None = None
     transfer_result: str | None = None
+    # The call's analysis: its state (pending, done, failed; None before the call ended) and results.
+    analysis_state: str | None = None
+    summary: str | None = None
+    intent: str | None = None
+    need_met: str | None = None
 
     @property
     def caller_masked(self) -> str:
@@ -114,6 +122,10 @@ class CallRow:
             "transfer": self.transfer,
             "turns": self.turns,
             "conversation_id": self.conversation_id,
+            "analysis": self.analysis_state,
+            "summary": self.summary,
+            "intent": self.intent,
+            "need_met": self.need_met,
         }
 
 
@@ -152,6 +164,7 @@ class TurnView:
     timings_ms: dict[str, float | None]
     unanswered: bool
     sources: list[SourceView] = field(default_factory=list)
+    event_id: int | None = None  # the Speech Engine's id of the turn
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -170,13 +183,33 @@ class TurnView:
 
 
 @dataclass(frozen=True)
+class CallerLookupView:
+    """What the caller lookup came to, and the caller's data as kept."""
+
+    outcome: str
+    data: dict[str, Any] | None
+    at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "data": self.data, "looked_up_at": _iso(self.at)}
+
+
+@dataclass(frozen=True)
 class CallDetail:
     call: CallRow
     greeting: str | None
     turns: list[TurnView]
+    caller_lookup: CallerLookupView | None = None
+    analysis: StoredAnalysis | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.call.to_json(), "greeting": self.greeting, "turn_list": [t.to_json() for t in self.turns]}
+        return {
+            **self.call.to_json(),
+            "greeting": self.greeting,
+            "caller_lookup": self.caller_lookup.to_json() if self.caller_lookup else None,
+            "analysis": self.analysis.to_json() if self.analysis else None,
+            "turn_list": [t.to_json() for t in self.turns],
+        }
 
 
 @dataclass(frozen=True)
@@ -208,6 +241,8 @@ class Overview:
     first_chunk_p50_ms: float | None
     first_chunk_p95_ms: float | None
     latency_turns: int
+    need_met: dict[str, int] = field(default_factory=dict)  # of the analysed calls
+    top_intents: list[tuple[str, int]] = field(default_factory=list)  # most frequent first
 
     @property
     def total(self) -> int:
@@ -216,12 +251,24 @@ class Overview:
     def share(self, outcome: str) -> float:
         return self.outcomes.get(outcome, 0) / self.total if self.total else 0.0
 
+    @property
+    def analysed(self) -> int:
+        return sum(self.need_met.values())
+
+    @property
+    def resolved_share(self) -> float | None:
+        """The share of analysed calls whose need was resolved (None before any is analysed)."""
+        return self.need_met.get("resolved", 0) / self.analysed if self.analysed else None
+
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value is not None else None
 
 
-_CALL_COLUMNS = [calls.c[name] for name in CallRow.__dataclass_fields__]
+# CallRow's fields: the calls table's, then these of its analysis.
+_ANALYSIS_COLUMNS = [analyses.c.state, analyses.c.summary, analyses.c.intent, analyses.c.need_met]
+_CALL_COLUMNS = [calls.c[name] for name in list(CallRow.__dataclass_fields__)[: -len(_ANALYSIS_COLUMNS)]]
+_CALLS = calls.outerjoin(analyses, analyses.c.call_sid == calls.c.call_sid)
 
 
 MAX_ID = 2**63 - 1  # the largest id (or offset) the store can compare with, on either database
@@ -259,13 +306,20 @@ async def list_calls(
     since: datetime | None = None,
     until: datetime | None = None,
     outcome: str | None = None,
+    intent: str | None = None,
+    need_met: str | None = None,
     after: Cursor | None = None,
     limit: int = PAGE,
 ) -> tuple[list[CallRow], Cursor | None]:
     """Newest first; returns the page and the cursor of the next one (None on the last page)."""
-    query = select(*_CALL_COLUMNS, calls.c.id).where(calls.c.started_at.is_not(None))
+    query = select(*_CALL_COLUMNS, *_ANALYSIS_COLUMNS, calls.c.id).select_from(_CALLS)
+    query = query.where(calls.c.started_at.is_not(None))
     if outcome in OUTCOMES:
         query = query.where(calls.c.outcome == outcome)
+    if intent:
+        query = query.where(analyses.c.intent == intent)
+    if need_met in NEED_MET:
+        query = query.where(analyses.c.need_met == need_met)
     if since is not None:
         query = query.where(calls.c.started_at >= since)
     if until is not None:
@@ -281,10 +335,15 @@ async def list_calls(
 
 async def get_call(conn: AsyncConnection, call_sid: str) -> CallDetail | None:
     row = (
-        await conn.execute(select(*_CALL_COLUMNS, calls.c.greeting).where(calls.c.call_sid == call_sid))
+        await conn.execute(
+            select(*_CALL_COLUMNS, *_ANALYSIS_COLUMNS, calls.c.greeting)
+            .select_from(_CALLS)
+            .where(calls.c.call_sid == call_sid)
+        )
     ).one_or_none()
     if row is None:
         return None
+    looked_up = (await conn.execute(select(caller_lookups).where(caller_lookups.c.call_sid == call_sid))).one_or_none()
     found = (
         await conn.execute(select(turns).where(turns.c.call_sid == call_sid).order_by(turns.c.started_at, turns.c.id))
     ).all()
@@ -324,10 +383,12 @@ async def get_call(conn: AsyncConnection, call_sid: str) -> CallDetail | None:
             },
             unanswered=t.gap_id is not None,
             sources=sources.get(t.id, []),
+            event_id=t.event_id,
         )
         for t in found
     ]
-    return CallDetail(CallRow(*row[:-1]), row.greeting, views)
+    lookup = CallerLookupView(looked_up.outcome, looked_up.data, looked_up.looked_up_at) if looked_up else None
+    return CallDetail(CallRow(*row[:-1]), row.greeting, views, lookup, await stored(conn, call_sid))
 
 
 async def list_gaps(
@@ -391,6 +452,17 @@ async def overview(conn: AsyncConnection, now: datetime | None = None, days: int
         .order_by(turns.c.id.desc())
         .limit(LATENCY_SAMPLE)
     )
+    analysed = (
+        select(analyses.c.need_met, analyses.c.intent, func.count().label("n"))
+        .select_from(calls.join(analyses, analyses.c.call_sid == calls.c.call_sid))
+        .where(calls.c.started_at >= since, analyses.c.state == "done")
+        .group_by(analyses.c.need_met, analyses.c.intent)
+    )
+    need_met: dict[str, int] = defaultdict(int)
+    intents: dict[str, int] = defaultdict(int)
+    for met, intent, n in await conn.execute(analysed):
+        need_met[met] += n
+        intents[intent] += n
     values = sorted((await conn.execute(recent)).scalars())
     p50 = p95 = None
     if len(values) >= 2:
@@ -404,6 +476,8 @@ async def overview(conn: AsyncConnection, now: datetime | None = None, days: int
         first_chunk_p50_ms=p50,
         first_chunk_p95_ms=p95,
         latency_turns=len(values),
+        need_met=dict(need_met),
+        top_intents=sorted(intents.items(), key=lambda item: (-item[1], item[0]))[:TOP_INTENTS],
     )
 
 

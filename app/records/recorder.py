@@ -60,6 +60,9 @@ class Recorder:
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()  # set while nothing is waiting to be written
         self._drained.set()
+        self._added = 0  # records queued so far, and of those, written (in the same order)
+        self._written = 0
+        self._wrote = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -82,6 +85,7 @@ class Recorder:
             self.metrics.records_dropped.labels("buffer_full").inc()
             return
         self._pending.append(event)
+        self._added += 1
         self._drained.clear()
         self._wake.set()
 
@@ -118,6 +122,15 @@ class Recorder:
         async with asyncio.timeout(timeout):
             await self._drained.wait()
 
+    async def written(self, timeout: float = 10.0) -> None:
+        """Wait until every record queued so far is written; turns held back stay held (a call's
+        are let go when it ends, so after its end this means the whole call is written)."""
+        target = self._added
+        async with asyncio.timeout(timeout):
+            while self._written < target:
+                self._wrote.clear()
+                await self._wrote.wait()
+
     async def _run(self) -> None:
         if self._ready is not None:
             await self._ready.wait()
@@ -151,6 +164,8 @@ class Recorder:
             delay = RETRY_FIRST_S
             for _ in batch:
                 self._pending.popleft()
+            self._written += len(batch)
+            self._wrote.set()
             self.metrics.records_written.inc(len(batch))
             if not self._pending:
                 self._drained.set()

@@ -2,7 +2,8 @@
 account numbers, PINs, security codes and passwords.
 
 `redact` is the one function for any text that came from a call and is about to be stored, shown,
-e-mailed or posted (a turn, a gap's example, a message's name and text, a summary). `redact_turns`
+e-mailed or posted (a turn, a gap's example, a message's name and text, a summary); `redact_labelled`
+for a bare number that comes with a name (in a caller lookup's answer, an analysis field). `redact_turns`
 does the same for consecutive turns of one call read as one text, so a number read out over two
 turns is one number.
 
@@ -475,6 +476,14 @@ def redact(text: str) -> str:
     """What may be kept or sent of text said on a call: secrets replaced, everything else as it was."""
     text = _unmarked(text)
     return _apply(text, _spans(text))
+
+
+def redact_labelled(label: str, value: str) -> str:
+    """`value` redacted as it reads after its label ("pin", "card_number"): a field's name is the key
+    word a bare value lacks. All of it is withheld when the label itself would be changed."""
+    prefix = " ".join(label.replace("_", " ").split()) + ": "
+    redacted = redact(prefix + value)
+    return redacted[len(prefix) :] if redacted.startswith(prefix) else REDACTED
 
 
 def redact_turns(said: Sequence[str], others: Sequence[str] = ()) -> tuple[list[str], list[str]]:

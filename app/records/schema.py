@@ -1,4 +1,5 @@
-"""The records store's tables: calls, their turns, the passages turns read, knowledge gaps and messages.
+"""The records store's tables: calls, their turns, the passages turns read, knowledge gaps, messages,
+the outbox, what the caller lookup answered about each call, and each call's analysis.
 
 SQLAlchemy Core, one definition for SQLite and PostgreSQL. The schema is created and upgraded by
 the Alembic revisions in `migrations/`; this module is what queries are written against, and a
@@ -204,6 +205,44 @@ outbox = Table(
     Index("outbox_event_destination", "event_id", "destination", unique=True),
     Index("outbox_destination_state", "destination", "state", "id"),
     Index("outbox_state", "state", "id"),
+)
+
+
+# What the caller lookup answered at pickup: one row per call that was looked up.
+caller_lookups = Table(
+    "caller_lookups",
+    metadata,
+    Column("call_sid", String(64), primary_key=True),
+    Column("looked_up_at", UtcDateTime(), nullable=False),
+    Column("outcome", String(16), nullable=False),  # answered, unknown, timeout, error, invalid, too_large
+    Column("data", JSON),  # the caller's data as kept: checked, capped, redacted
+    Index("caller_lookups_at", "looked_up_at"),
+)
+
+# Each ended call's analysis, and the work of making it: pending until `not_before` (late turns),
+# then leased by one replica's analyst at a time (`lease_until`, `lease_token`), as the outbox is.
+analyses = Table(
+    "analyses",
+    metadata,
+    Column("call_sid", String(64), primary_key=True),
+    Column("created_at", UtcDateTime(), nullable=False),  # the call's end
+    Column("state", String(16), nullable=False, server_default="pending"),  # pending, done, failed
+    Column("not_before", UtcDateTime(), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("lease_until", UtcDateTime()),
+    Column("lease_token", String(32)),
+    Column("method", String(8)),  # model, rules
+    Column("summary", Text),
+    Column("intent", String(32)),
+    Column("need_met", String(16)),  # resolved, transferred, message_taken, unresolved
+    Column("fields", JSON),  # ANALYSIS_FILE's fields: name -> value, or null
+    Column("empty_fields", JSON),  # name -> why it is empty ("no model", "not in the call")
+    Column("error", String(200)),  # why the last try failed
+    Column("done_at", UtcDateTime()),
+    Index("analyses_due", "state", "not_before"),
+    Index("analyses_intent", "intent"),
+    Index("analyses_need_met", "need_met"),
+    Index("analyses_created", "created_at"),
 )
 
 

@@ -2,7 +2,8 @@
 any replica (a turn may be written before the replica holding the media stream records its call).
 
 Turns arrive redacted (the recorder redacts them, see `app.records.held`). A call's end and a new
-knowledge gap are announced in the outbox in the same transaction.
+knowledge gap are announced in the outbox in the same transaction; a call's end queues its analysis
+there too.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.records.analyses import enqueue
 from app.records.events import (
     CallAnswered,
     CallEnded,
+    CallerLookedUp,
     CallReceived,
     CallRefused,
     RecordEvent,
@@ -25,7 +28,7 @@ from app.records.events import (
 )
 from app.records.gaps import GapGrouper
 from app.records.outbox import CALL_ENDED, GAP_CREATED, Outbox, call_ended_event_id
-from app.records.schema import calls, passages, turn_sources, turns, upsert_into
+from app.records.schema import caller_lookups, calls, passages, turn_sources, turns, upsert_into
 
 Updates = Callable[[Any], dict[str, Any]]
 
@@ -83,6 +86,18 @@ async def write(conn: AsyncConnection, event: RecordEvent, gaps: GapGrouper | No
         values = {"ended_at": e.at, "duration_s": duration, "end_reason": e.reason, "end_detail": e.detail}
         await upsert_call(conn, e.call_sid, values)
         await _ended(conn, outbox, e.call_sid, e.at)
+        # Analysed after the same grace as call.ended's: a turn another replica is still writing counts.
+        await enqueue(conn, e.call_sid, e.at, datetime.now(UTC) + outbox.call_ended_grace)
+    elif kind is CallerLookedUp:
+        statement = upsert_into(conn, caller_lookups).values(
+            call_sid=e.call_sid, looked_up_at=e.at, outcome=e.outcome, data=e.data
+        )
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[caller_lookups.c.call_sid],
+                set_={k: statement.excluded[k] for k in ("looked_up_at", "outcome", "data")},
+            )
+        )
 
 
 async def _duration(conn: AsyncConnection, ended: CallEnded) -> float:

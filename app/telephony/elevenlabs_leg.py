@@ -1,9 +1,10 @@
 """The ElevenLabs leg of a call: its conversation socket, opened as early as possible, then relayed.
 
 Opening a conversation takes several round trips to ElevenLabs: a signed URL (REST), the WebSocket,
-the initiation data (the call's dynamic variables and the greeting) and the metadata, which must
-say ulaw_8000 both ways. So it starts when Twilio's webhook arrives (`EarlyStarts`), while Twilio is
-still opening the media stream: the caller hears the greeting that much sooner. Until the stream
+the initiation data (the call's dynamic variables and the greeting, with the caller's name if the
+caller lookup has answered by then) and the metadata, which must say ulaw_8000 both ways. So it
+starts when Twilio's webhook arrives (`EarlyStarts`), while Twilio is still opening the media
+stream: the caller hears the greeting that much sooner. Until the stream
 starts, nothing more is read from the socket, so the greeting's audio waits there and then goes
 out in order. A conversation no stream has claimed `BridgeLimits.early_unclaimed` after it opened
 (the caller hung up, or the stream reached another replica, which opens its own) is closed. Its webhook's
@@ -78,10 +79,11 @@ class ElevenLabsLeg:
     async def open(self) -> None:
         """Signed URL, socket, initiation data, and metadata saying ulaw_8000 both ways."""
         extra = {"call_sid": self.call_sid}
+        caller = self.telephony.lookups.so_far(self.call_sid)  # raced against the greeting, never awaited
         try:
             async with asyncio.timeout(self.limits.ready_timeout):
                 await self._connect()
-                self.greeting = await self.telephony.greeting(self.first)
+                self.greeting = await self.telephony.greeting(self.first, caller)
                 await self.send(el.initiation(dynamic_variables(self.call_sid, self.caller), self.greeting))
                 self.metadata = await self._wait_for_metadata()
         except TimeoutError:
@@ -93,6 +95,8 @@ class ElevenLabsLeg:
                 extra=extra,
             )
             raise CallEnded(EndReason.UPSTREAM_STALLED if reached else EndReason.UPSTREAM_UNREACHABLE) from None
+        finally:
+            await caller.close()
         meta = self.metadata
         if meta.input_format != el.PHONE_FORMAT or meta.output_format != el.PHONE_FORMAT:
             log.error(

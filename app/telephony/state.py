@@ -1,9 +1,9 @@
 """The Twilio side's state: admission slots, how each stream ended, transfers under way, the
-ElevenLabs client for signed URLs, the conversations opened early, the bridge's limits, and the
-observers told about every call.
+ElevenLabs client for signed URLs, the conversations opened early, the caller lookups, the bridge's
+limits, and the observers told about every call.
 
 Opened in `before_serving` and closed in `after_serving` through `Services`, which swaps in the
-shared (Redis) admission, outcomes and transfers when REDIS_URL is set.
+shared (Redis) admission, outcomes and transfers when REDIS_URL is set, and lookups that are recorded.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import httpx
 from elevenlabs.client import AsyncElevenLabs
 
 from app.calls.admission import Admission, CallSlots
+from app.calls.caller_lookup import CallerLookups, CallerSoFar
 from app.calls.control import CallControl, CallObserver
 from app.calls.outcomes import Outcomes, StreamOutcomes
 from app.observability import Metrics
@@ -81,6 +82,7 @@ class Telephony:
         self.observers: list[CallObserver] = []
         self.calls: dict[str, CallControl] = {}  # the streams this process holds, by call SID
         self.early = EarlyStarts(self)
+        self.lookups = CallerLookups(settings, metrics)
         self.elevenlabs: AsyncElevenLabs | None = None
         self._http: httpx.AsyncClient | None = None
         # Conversation sockets to ElevenLabs: aiohttp's WebSocket client costs about half as much CPU
@@ -108,9 +110,10 @@ class Telephony:
         if self.bridge_configured:
             self._greeting_check = asyncio.create_task(self._check_greeting(), name="greeting-check")
 
-    async def greeting(self, first: str | None = None) -> str | None:
+    async def greeting(self, first: str | None = None, caller: CallerSoFar | None = None) -> str | None:
         """What a conversation starting now says first: `first` (a call back from a transfer), else
-        GREETING; once the engine is known to allow it.
+        GREETING with the caller's name if the lookup has answered with one by now (it is never
+        waited for); once the engine is known to allow it.
 
         ElevenLabs refuses a conversation that overrides a field its engine does not allow, so a
         first message the engine would refuse is not sent: the call goes on without it.
@@ -121,7 +124,12 @@ class Telephony:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(GREETING_CHECK_WAIT_S):
                 await self._greeting_checked.wait()
-        return text if self._greeting_allowed else None
+        if not self._greeting_allowed:
+            return None
+        if first is not None:
+            return first
+        known = caller.context if caller is not None else None
+        return self.settings.greeting_for(known.name if known is not None else None)
 
     async def _check_greeting(self) -> None:
         assert self.elevenlabs is not None and self.settings.speech_engine_id

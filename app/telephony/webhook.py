@@ -167,7 +167,9 @@ async def incoming_call() -> Response | tuple[str, int]:
         return _twiml(busy_twiml(settings))
     key = call_token.derive_key(settings.secret("twilio_auth_token") or "")
     token = call_token.issue(key, call_sid, caller, time.time())
-    # ElevenLabs' side is set up while Twilio opens the media stream (covered by the slot just reserved).
+    # The caller is looked up, and ElevenLabs' side set up, while Twilio opens the media stream
+    # (covered by the slot just reserved).
+    telephony.lookups.begin(call_sid, caller_number(caller))
     telephony.early.begin(call_sid, caller)
     log.info("incoming call", extra=log_extra)
     return _twiml(connect_twiml(settings, caller, token))

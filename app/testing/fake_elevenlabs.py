@@ -13,7 +13,8 @@
 
 `delay` puts a one-way network delay on every message and response, both ways (benchmarks).
 
-Faults: `refuse_signed_url` (an HTTP status), `refuse_socket`, `stall` (never send metadata), formats
+Faults: `refuse_signed_url` (an HTTP status), `signed_url_gate` (hand one out only once the test says),
+`refuse_socket`, `stall` (never send metadata), formats
 other than ulaw_8000, malformed frames, error events (alone, or before a close) and closing mid-call
 through the conversation handle, and `patch_ignores` (fields a PATCH of the engine silently leaves
 as they were).
@@ -198,6 +199,8 @@ class FakeElevenLabs:
         self.stall = False
         # When set, conversations wait for this event before sending their metadata.
         self.metadata_gate: asyncio.Event | None = None
+        # When set, signed URLs are handed out once this event is set (an ElevenLabs slow to answer).
+        self.signed_url_gate: asyncio.Event | None = None
         self.on_user_audio: Callable[[FakeConversation, str], None] | None = None
         # Plays the rest of each conversation once it has started (see `fake_engine`).
         self.on_conversation: Callable[[FakeConversation], Awaitable[None]] | None = None
@@ -239,8 +242,9 @@ class FakeElevenLabs:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.metadata_gate is not None:
-            self.metadata_gate.set()
+        for gate in (self.metadata_gate, self.signed_url_gate):
+            if gate is not None:
+                gate.set()
         if self._rest is not None:
             await self._rest.__aexit__(*exc)
         if self._ws_server is not None:
@@ -280,6 +284,8 @@ class FakeElevenLabs:
         @app.get("/v1/convai/conversation/get-signed-url")
         async def signed_url() -> tuple[dict[str, Any], int]:
             self.signed_url_requests += 1
+            if self.signed_url_gate is not None:
+                await self.signed_url_gate.wait()
             if not authorised():
                 return {"detail": {"status": "invalid_api_key"}}, 401
             if self.refuse_signed_url is not None:

@@ -38,12 +38,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import uvloop
-from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from app.__main__ import build_index_if_missing
+from app.brain.tools import end_call, transfer_call
+from app.calls.registry import LiveCall
 from app.configure import configure_engine
 from app.observability import configure_logging
 from app.private_files import owner_only, private_file
@@ -70,6 +70,7 @@ class Turn:
     total_ms: float | None = None  # the caller's words recognised → the agent's whole answer
     tools: list[str] = field(default_factory=list)
     retries: int = 0  # the engine gave up waiting for the brain's first words and sent the turn again
+    event_id: int | None = None  # the engine's id of the turn as answered (the call's records name it)
 
 
 @dataclass
@@ -95,11 +96,14 @@ class LocalSwitchboard:
         self._stack = contextlib.AsyncExitStack()
         self.settings = settings
         self.server: LiveServer | None = None
+        # Twilio's REST updates of each call (a transfer's redirect), to the phone on that call.
+        self.redirects: dict[str, Callable[[dict[str, str]], None]] = {}
 
     async def __aenter__(self) -> LocalSwitchboard:
         try:
             await self._stack.enter_async_context(self.engine)
             await self._stack.enter_async_context(self.twilio)
+            self.twilio.on_call_update = self._call_updated
             sock = bound_socket()
             public = f"http://127.0.0.1:{sock.getsockname()[1]}"
             # Validated like any settings, and nothing read again from .env or the environment.
@@ -131,13 +135,21 @@ class LocalSwitchboard:
             "shared_secret": self.user_settings.secret("shared_secret") or secrets.token_urlsafe(32),
         }
 
-    async def tool_counts(self) -> Counter[str]:
-        """Tool calls so far, as the server counts them (its Prometheus metrics)."""
+    @property
+    def services(self) -> Any:
+        """The running server's services (the app is in this process)."""
         assert self.server is not None
-        async with httpx.AsyncClient(timeout=10) as http:
-            text = (await http.get(f"{self.server.http_url}/metrics")).text
+        return self.server.app.extensions["switchboard"]
+
+    def _call_updated(self, call_sid: str, form: dict[str, str]) -> None:
+        listener = self.redirects.get(call_sid)
+        if listener is not None:
+            listener(form)
+
+    def tool_counts(self) -> Counter[str]:
+        """Tool calls so far, as the server counts them (its metrics, all calls together)."""
         counts: Counter[str] = Counter()
-        for family in text_string_to_metric_families(text):
+        for family in self.services.metrics.tool_calls.collect():
             for sample in family.samples:
                 if sample.name == "switchboard_tool_calls_total":
                     tool, outcome = sample.labels["tool"], sample.labels["outcome"]
@@ -148,7 +160,7 @@ class LocalSwitchboard:
 class Phone:
     """One call into the local switchboard, seen from the caller's side."""
 
-    def __init__(self, board: LocalSwitchboard, record: CallRecord, realtime: bool) -> None:
+    def __init__(self, board: LocalSwitchboard, record: CallRecord, realtime: bool, caller: str = CALLER) -> None:
         assert board.server is not None
         self.board = board
         self.record = record
@@ -156,7 +168,7 @@ class Phone:
             board.server.http_url,
             board.settings.public_url or "",
             board.auth_token,
-            caller=CALLER,
+            caller=caller,
             account_sid=board.account_sid,
             realtime=realtime,
             on_media=self._audio_arrived,
@@ -166,6 +178,7 @@ class Phone:
         self.after_stream: Webhook | None = None  # the TwiML Twilio got once the server ended the stream
         self._first_audio_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._live: LiveCall | None = None  # the call as the server's registry holds it
 
     @property
     def ended(self) -> bool:
@@ -177,19 +190,21 @@ class Phone:
 
     async def __aenter__(self) -> Phone:
         call_sid = self.caller.call_sid
-        self.board.twilio.on_call_update = lambda sid, form: (
-            self.happenings.put_nowait(("redirect", form)) if sid == call_sid else None
-        )
+        self.board.redirects[call_sid] = lambda form: self.happenings.put_nowait(("redirect", form))
         self._tasks = [
             asyncio.create_task(self._forward(self.board.engine.events(call_sid)), name="phone-engine-events"),
             asyncio.create_task(self._watch_stream(), name="phone-stream-watch"),
         ]
-        hook = await self.caller.dial()
-        if hook.stream_url is None:
-            raise RuntimeError(f"the webhook did not connect the call (HTTP {hook.status}): {hook.body[:300]}")
-        await self.caller.open_stream()
-        await self.caller.connected()
-        await self.caller.start()
+        try:
+            hook = await self.caller.dial()
+            if hook.stream_url is None:
+                raise RuntimeError(f"the webhook did not connect the call (HTTP {hook.status}): {hook.body[:300]}")
+            await self.caller.open_stream()
+            await self.caller.connected()
+            await self.caller.start()
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -198,6 +213,7 @@ class Phone:
                 await self.caller.stop()
             self.record.ended_by = "caller"
         await self.caller.aclose()
+        self.board.redirects.pop(self.caller.call_sid, None)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -218,6 +234,9 @@ class Phone:
                 kind, value = await self.happenings.get()
                 if kind == "started":
                     self.record.greeting = value.text or None
+                    # The conversation is open, so the server's registry holds the call.
+                    sid = self.caller.call_sid
+                    self._live = await self.board.services.registry.find(call_sid=sid, timeout=GREETING_TIMEOUT_S)
                     break
                 if await self._call_over(kind, value):
                     return
@@ -227,12 +246,14 @@ class Phone:
                 await self.caller.wait_for(lambda: bool(self.caller.media), timeout=GREETING_TIMEOUT_S)
         self.record.greeting_ms = _ms(self._first_audio_at - started)
 
-    async def say(self, text: str, show: Callable[[str], None]) -> Turn:
+    async def say(self, text: str, show: Callable[[str], None], heard: str | None = None) -> Turn:
+        """The caller says `text` (recognised as `heard`, if speech recognition got it otherwise) and
+        the agent answers; a transfer or hang-up the agent asked for is waited for."""
         turn = Turn(text)
         self.record.turns.append(turn)
-        before = await self.board.tool_counts()
-        frames = ulaw_frames(max(0.4, len(text) / CALLER_CHARS_PER_S), frequency=300)
-        self.board.engine.will_say(self.caller.call_sid, text, len(frames))
+        before, acting = self.board.tool_counts(), self._acting()
+        frames = caller_audio(text)
+        self.board.engine.will_say(self.caller.call_sid, text if heard is None else heard, len(frames))
         self._first_audio_at = None
         sent = time.perf_counter()
         await self.caller.send_audio(frames)
@@ -251,22 +272,28 @@ class Phone:
                     show(value.text)
                 elif kind == "done":
                     turn.total_ms = _ms(value.at - heard_at)
+                    turn.event_id = value.event_id
                     break
                 elif await self._call_over(kind, value):
                     break
         if self._first_audio_at is not None:
             turn.first_audio_ms = _ms(self._first_audio_at - sent)
-        turn.tools = sorted((await self.board.tool_counts() - before).elements())
-        if {"transfer_call", "end_call"} & set(turn.tools):
+        turn.tools = sorted((self.board.tool_counts() - before).elements())
+        if self._acting() > acting:
             await self._until_over()
         return turn
 
+    def _acting(self) -> int:
+        """Transfers and hang-ups the server has agreed to on this call so far."""
+        live = self._live
+        return 0 if live is None else live.used(transfer_call.NAME) + live.used(end_call.NAME)
+
     async def press(self, key: str) -> list[str]:
-        before = await self.board.tool_counts()
+        before = self.board.tool_counts()
         await self.caller.dtmf(key)
         if key == "0" and self.board.server.app.extensions["switchboard"].directory.departments:
             await self._until_over()  # the keypad's 0 transfers at once
-        return sorted((await self.board.tool_counts() - before).elements())
+        return sorted((self.board.tool_counts() - before).elements())
 
     async def hang_up(self) -> None:
         if not self.ended:
@@ -291,6 +318,11 @@ class Phone:
             self.after_stream = await self.caller.connect_action()
             return True
         return False
+
+
+def caller_audio(text: str) -> list[bytes]:
+    """The caller's audio for a line: a tone as long as the words take to say."""
+    return ulaw_frames(max(0.4, len(text) / CALLER_CHARS_PER_S), frequency=300)
 
 
 def _ms(seconds: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -45,3 +46,10 @@ def wait_stopped(process: subprocess.Popen[bytes]) -> None:
     """Until a child has stopped itself (SIGSTOP); fails if it exits instead. Leaves it waitable."""
     info = os.waitid(os.P_PID, process.pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
     assert info is not None and info.si_code == os.CLD_STOPPED, f"it did not stop: {info}"
+
+
+def as_a_terminal_starts_it() -> None:
+    """In the child before a command starts: Ctrl-C's signal at its default, as a shell leaves it for
+    the command it runs in the foreground. A suite started in the background by a shell without job
+    control (CI, a long run) has SIGINT ignored, and a child inherits that: Ctrl-C would never reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -1,5 +1,7 @@
 """A webhook receiver for tests: a real aiohttp server on 127.0.0.1 that records every request, answers
-from a script (then 200), and can be told to hold requests without answering, as a slow receiver does."""
+from a script (then 200), and can be told to hold requests without answering, as a slow receiver does,
+or to take `delay` seconds over each answer. With `body`, a 2xx answer carries it as JSON (a caller
+lookup's answer)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class Receiver:
     statuses: list[int] = field(default_factory=list)  # answered in turn, then 200
     hold: bool = False
     requests: list[Received] = field(default_factory=list)
+    body: bytes | None = None  # what a 2xx answer carries (application/json)
+    delay: float = 0.0  # how long the receiver takes over each answer
 
     def __post_init__(self) -> None:
         self.changed = asyncio.Event()
@@ -72,8 +76,12 @@ class Receiver:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(HOLD_S):
                     await self._release.wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         seen.status = self.statuses.pop(0) if self.statuses else 200
         self.changed.set()
+        if self.body is not None and seen.status < 300:
+            return web.Response(status=seen.status, body=self.body, content_type="application/json")
         return web.Response(status=seen.status, text="thanks" if seen.status < 300 else "try again later")
 
     async def start(self, sock: socket.socket | None = None) -> Receiver:
