@@ -68,9 +68,11 @@ def outcome(document: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 async def test_the_shipped_suite_passes_the_same_at_j1_and_j4(checkout: Path) -> None:
-    """What `make test-calls` runs, as a new user runs it: documents only, a fresh checkout."""
+    """What `make test-calls` runs, as a new user runs it: documents only, a fresh checkout. Tests
+    assert no times: the suite's `first_words_ms` is skipped here (a slow answer failing one is
+    `test_a_slow_answer_fails_and_the_judge_scores_with_the_model`)."""
     (checkout / "calls").symlink_to(CALLS)
-    command = [sys.executable, "-m", "app", "test-calls"]
+    command = [sys.executable, "-m", "app", "test-calls", "--no-timing"]
     code, out, err = await run_command(checkout, *command, "--json", timeout=SUITE_TIMEOUT_S)
     assert code == 0, out[-4000:] + err[-2000:]
     one = json.loads(out)

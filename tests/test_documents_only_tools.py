@@ -63,6 +63,58 @@ async def test_a_message_is_taken_read_back_and_saved(make_settings, shared_data
     ]
 
 
+async def test_a_message_given_in_one_go_is_saved_at_once_for_the_department_named(
+    make_settings, shared_data_dir
+) -> None:
+    async with call(make_settings) as phone:
+        line = await say(
+            phone,
+            "I want to leave a message for sales, my name is Ana Ruiz, call me back at 212 867 5309 about a double "
+            "charge",
+        )
+        call_sid = phone.caller.call_sid
+        tools = phone.record.turns[-1].tools
+    assert line == (
+        "Thank you, Ana Ruiz. I've passed your message on, and the sales team will call you back on "
+        "2 1 2, 8 6 7, 5 3 0 9. Is there anything else I can help with?"
+    )
+    assert tools == ["take_message"]
+    saved = await messages_of({"data_dir": shared_data_dir}, call_sid)
+    assert [(m.name, m.callback_number, m.message, m.department) for m in saved] == [
+        ("Ana Ruiz", "+12128675309", "about a double charge", "sales")
+    ]
+
+
+async def test_only_what_is_missing_is_asked_for_and_a_number_may_be_spoken_in_words(
+    make_settings, shared_data_dir
+) -> None:
+    async with call(make_settings) as phone:
+        lines = [
+            await say(phone, "this is Grace Hopper, can someone call me back about my router?"),
+            await say(phone, "four one five, five five five, oh one double two"),
+        ]
+        call_sid = phone.caller.call_sid
+    assert lines[0] == (
+        "Of course, I can take a message. Thank you, Grace Hopper. What number should the team call you back on?"
+    )
+    assert "4 1 5, 5 5 5, 0 1 2 2" in lines[1] and "passed your message on" in lines[1]
+    saved = await messages_of({"data_dir": shared_data_dir}, call_sid)
+    assert [(m.name, m.callback_number, m.message) for m in saved] == [
+        ("Grace Hopper", "+14155550122", "about my router")
+    ]
+
+
+async def test_thanks_bye_while_a_message_is_taken_is_a_goodbye_not_a_name(make_settings, shared_data_dir) -> None:
+    async with call(make_settings) as phone:
+        asked = await say(phone, "I'd like to leave a message")
+        goodbye = await say(phone, "thanks, bye")
+        call_sid = phone.caller.call_sid
+    assert asked.endswith("What's your name?")
+    assert "thanks, bye" not in goodbye.lower() and goodbye.endswith("Goodbye.")
+    assert phone.record.ended_by == "agent"
+    assert await messages_of({"data_dir": shared_data_dir}, call_sid) == []
+
+
 async def test_a_message_that_cannot_be_saved_is_owned_up_to_and_a_person_offered(make_settings) -> None:
     with postgres_server() as store:
         # Calls not recorded: nothing else waits for the store at the end.

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
+from app.brain import small_talk
 from app.brain.effects import TurnKey
 from app.brain.llm import ToolCall
 from app.brain.sanitise import SanitisedTranscript
@@ -41,6 +42,20 @@ _HOURS = re.compile(
     re.IGNORECASE,
 )
 _WEEKEND = re.compile(r"\bweekend\b", re.IGNORECASE)
+# The agent cannot take a payment: asked to, it says so and answers how to pay from the documents.
+_PAYMENT = re.compile(
+    r"\b(?:take|make|accept|process|put through)\b.{0,20}\bpayments?\b"
+    r"|\bpay\b.{0,20}\b(?:over the phone|on this call|with (?:my|a|this) (?:card|credit card|debit card)|by card)\b"
+    r"|\bcard (?:number|details)\b.{0,60}\bpay",
+    re.IGNORECASE,
+)
+NO_PAYMENTS = "I'm sorry, I can't take a payment on this call, so please don't read out card details."
+PAYMENT_QUESTION = "How can I pay my bill by card?"
+
+
+def payment_request(said: str) -> bool:
+    """The caller asks the agent to take a payment (which it cannot)."""
+    return _PAYMENT.search(said) is not None
 
 
 class DocumentsOnly:
@@ -71,7 +86,8 @@ class DocumentsOnly:
                 line = await tool.rule_without_model(said)
                 if line is not None:
                     return line
-        return self.hours(transcript.utterance, tools.known_call_sid if tools is not None else None)
+        call_sid = tools.known_call_sid if tools is not None else None
+        return self.hours(transcript.utterance, call_sid) or small_talk.reply(transcript.utterance)
 
     def hours(self, said: str, call_sid: str | None = None) -> str | None:
         """An answer from the schedule, at `call_sid`'s time, to a question about opening hours, or None."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from app.brain.documents_only import DocumentsOnly
+from app.brain.documents_only import NO_PAYMENTS, PAYMENT_QUESTION, DocumentsOnly, payment_request
 from app.brain.holding import HOLD_LINE, hold_after, holding
 from app.brain.llm import LLM, LLMError, ToolCall
 from app.brain.prompt import Prompt
@@ -252,11 +252,15 @@ class TurnPipeline:
         binding = asyncio.ensure_future(tools.begin_turn(turn)) if tools is not None and model else None
         known = asyncio.ensure_future(caller.context()) if caller is not None and model else None
         try:
+            lead = ""
+            if not model and payment_request(clean.utterance):
+                # How to pay, from the documents, after saying no payment can be taken here.
+                query, lead = PAYMENT_QUESTION, NO_PAYMENTS + " "
             retrieval = await self.retriever.retrieve(query)
             record.retrieved(retrieval)
             if not model:
                 record.outcome, record.fallback = "documents_only", "no model"
-                yield await self._documents_answer(retrieval, query, clean, record)
+                yield lead + await self._documents_answer(retrieval, query, clean, record)
                 return
             if binding is not None:
                 await binding

@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from app.brain.sanitise import CALLER_QUOTE_PREFIX
+from app.brain.sanitise import CALLER_QUOTE_PREFIX, Message
+from app.brain.small_talk import small_talk
 from app.brain.tools.definition import (
     ACTED,
     ANYTHING_ELSE,
@@ -53,6 +55,20 @@ _OFFERED = re.compile(re.escape(MESSAGE_FOR).replace(r"\{department\}", r"(?P<de
 _CANCEL = re.compile(r"^\W*(?:never ?mind|cancel|forget it|no thanks)\b", re.IGNORECASE)
 _WRONG = re.compile(r"^\W*(?:no\b|nope\b|that's wrong|that is wrong|wrong number|that's not right)", re.IGNORECASE)
 _SAME_NUMBER = re.compile(r"\b(?:this|same|my) (?:number|phone)\b|\bcalling from\b", re.IGNORECASE)
+_GOODBYE = re.compile(r"\b(?:bye|goodbye|good bye)\b", re.IGNORECASE)
+# A name said in passing: capitalised, as speech recognition writes names ("I'm calling" is no name).
+_NAME_SAID = re.compile(
+    r"\b(?i:my name is|my name's|this is|i'm|i am)\s+(?P<name>[A-Z][\w'-]+(?:\s+[A-Z][\w'-]+){0,2})"
+)
+_ABOUT = re.compile(r"\b(?:it's |it is )?(?P<about>(?:about|regarding|concerning)\s+.{3,})$", re.IGNORECASE)
+_DIGIT_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9",
+}  # fmt: skip
+_OH_BESIDE_DIGITS = re.compile(r"(?<=\d)[\s,-]*\b(?:oh|o)\b|\b(?:oh|o)\b(?=[\s,-]*\d)", re.IGNORECASE)
+_SPOKEN_DIGIT = re.compile(
+    r"\b(?:(?P<times>double|triple)\s+)?(?P<digit>" + "|".join(_DIGIT_WORDS) + r")\b", re.IGNORECASE
+)
 _NAME_LEAD = re.compile(r"^\W*(?:(?:my name is|my name's|this is|it's|it is|i'm|i am|name's)\s+)", re.IGNORECASE)
 
 
@@ -135,36 +151,88 @@ async def handle(tools: CallTools, args: BaseModel) -> Outcome:
 
 
 async def rule(turn: RuleTurn) -> str | None:
-    """A message asked for, or offered and accepted; then its name, number and text, turn by turn."""
+    """A message asked for, or offered and accepted; then whatever of its name, number and text the
+    caller has not given yet, turn by turn. What they said in one go is not asked for again."""
     said, step = turn.said, turn.step
     if step.endswith((NAME_QUESTION, NUMBER_QUESTION, MESSAGE_QUESTION)):
         if _CANCEL.search(said):
             return f"No problem. {ANYTHING_ELSE}"
+        if _GOODBYE.search(said) and small_talk(said):
+            return None  # "thanks, bye" is a goodbye, not a name: the goodbye's rule ends the call
         return await _exchange(turn)
     if _MESSAGE.search(said) or (_OFFERED.search(step) and YES.search(said)):
         if NAME not in turn.offered:
             return f"I'm sorry, I can't take a message right now. {ANYTHING_ELSE}"
-        return f"Of course, I can take a message. {NAME_QUESTION}"
+        return await _next(turn, _Fields.of([said], turn), "Of course, I can take a message.")
     return None
+
+
+@dataclass
+class _Fields:
+    """What the caller has given for the message so far."""
+
+    name: str | None = None
+    number: str | None = None
+    text: str | None = None
+
+    @classmethod
+    def of(cls, lines: list[str], turn: RuleTurn) -> _Fields:
+        """Read from the caller's lines of the exchange (its request first): a name, a number and a
+        reason said in passing ("my name is Ana Ruiz, call me back at 212 867 5309 about a double charge")."""
+        fields = cls()
+        for line in lines:
+            line = line.removeprefix(CALLER_QUOTE_PREFIX)
+            if fields.name is None and (named := _NAME_SAID.search(line)):
+                fields.name = named["name"].strip()
+            if fields.number is None:
+                fields.number = _number(line, turn.tools, own=False)
+            if fields.text is None and (about := _ABOUT.search(line)):
+                fields.text = about["about"].strip(" .,!?")
+        return fields
+
+
+async def _next(turn: RuleTurn, fields: _Fields, lead: str) -> str:
+    """Ask for the first thing still missing, or save the message when nothing is."""
+    if fields.name is None:
+        return f"{lead} {NAME_QUESTION}"
+    if fields.number is None:
+        return f"{lead} Thank you, {fields.name}. {NUMBER_QUESTION}".lstrip()
+    if fields.text is None:
+        return f"{lead} I have {spoken_digits(fields.number)}. {MESSAGE_QUESTION}".lstrip()
+    return await _save(turn, fields)
 
 
 async def _exchange(turn: RuleTurn) -> str:
     said, step = turn.said, turn.step
-    if step.endswith(NAME_QUESTION):
-        return f"Thank you, {_name(said)}. {NUMBER_QUESTION}"
-    if step.endswith(NUMBER_QUESTION):
-        number = _number(said, turn.tools)
-        if number is None:
-            return f"Sorry, I didn't catch a phone number there. {NUMBER_QUESTION}"
-        return f"I have {spoken_digits(number)}. {MESSAGE_QUESTION}"
-    if _WRONG.search(said):
-        return f"Sorry about that. {NUMBER_QUESTION}"
-    name = _name(turn.reply_to(NAME_QUESTION) or "")
-    number = _number(turn.reply_to(NUMBER_QUESTION) or "", turn.tools)
-    if NAME not in turn.offered or number is None:
+    if step.endswith(MESSAGE_QUESTION) and _WRONG.search(said):
+        return f"Sorry about that. {NUMBER_QUESTION}"  # the number read back was wrong
+    if step.endswith(NUMBER_QUESTION) and _number(said, turn.tools) is None:
+        return f"Sorry, I didn't catch a phone number there. {NUMBER_QUESTION}"
+    return await _next(turn, _gathered(turn), "")
+
+
+def _gathered(turn: RuleTurn) -> _Fields:
+    """The message so far: the caller's answers to the agent's questions in this exchange, and what
+    they said in passing in its other lines."""
+    exchange = _exchange_lines(turn.transcript.history, turn.said, turn.step)
+    fields = _Fields.of([line for line, _ in exchange], turn)
+    for line, question in exchange:
+        if question == NAME_QUESTION:
+            fields.name = _name(line)
+        elif question == NUMBER_QUESTION:
+            fields.number = _number(line, turn.tools) or fields.number
+        elif question == MESSAGE_QUESTION and not _WRONG.search(line):
+            fields.text = line
+    return fields
+
+
+async def _save(turn: RuleTurn, fields: _Fields) -> str:
+    assert fields.name is not None and fields.number is not None and fields.text is not None
+    if NAME not in turn.offered:
         return f"I'm sorry, I can't take that message right now. {ANYTHING_ELSE}"
-    arguments = {"name": name, "callback_number": number, "message": said}
-    department = _offered_for(turn)
+    arguments = {"name": fields.name, "callback_number": fields.number, "message": fields.text}
+    lines = [line for line, _ in _exchange_lines(turn.transcript.history, turn.said, turn.step)]
+    department = _offered_for(turn, len(lines)) or _named_department(lines, turn)
     if department is not None:
         arguments["department"] = department
     if await turn.run(NAME, arguments) not in ACTED:
@@ -173,35 +241,79 @@ async def _exchange(turn: RuleTurn) -> str:
         return f"I'm sorry, I couldn't save your message. {instead}"
     team = f"the {department} team" if department else "the team"
     return (
-        f"Thank you, {name}. I've passed your message on, and {team} will call you back on "
-        f"{spoken_digits(number)}. {ANYTHING_ELSE}"
+        f"Thank you, {fields.name}. I've passed your message on, and {team} will call you back on "
+        f"{spoken_digits(fields.number)}. {ANYTHING_ELSE}"
     )
 
 
-def _offered_for(turn: RuleTurn) -> str | None:
-    """The department whose message the agent offered just before asking the caller's name."""
-    lines = [m.content.strip() for m in turn.transcript.history if m.role == "agent"]
-    asked = max((i for i, line in enumerate(lines) if line.endswith(NAME_QUESTION)), default=None)
-    if not asked:
+def _exchange_lines(history: Sequence[Message], said: str, step: str) -> list[tuple[str, str | None]]:
+    """The caller's lines since they asked for the message (that request first, this turn's last),
+    each with the question it answered, if it answered one."""
+
+    def question(agent_line: str) -> str | None:
+        return next((q for q in (NAME_QUESTION, NUMBER_QUESTION, MESSAGE_QUESTION) if agent_line.endswith(q)), None)
+
+    lines: list[tuple[str, str | None]] = [(said, question(step))]
+    i = len(history) - 1
+    while i > 0:
+        agent, caller = history[i], history[i - 1]
+        if agent.role != "agent" or caller.role != "user" or question(agent.content.strip()) is None:
+            break
+        asked_before = next((m.content.strip() for m in reversed(history[: i - 1]) if m.role == "agent"), "")
+        lines.insert(0, (caller.content, question(asked_before)))
+        i -= 2
+    return lines
+
+
+def _named_department(lines: list[str], turn: RuleTurn) -> str | None:
+    """A department the caller named for the message ("a message for billing")."""
+    for line in lines:
+        for department in turn.tools.box.directory.departments:
+            if re.search(rf"\bfor (?:the )?{re.escape(department)}\b", line, re.IGNORECASE):
+                return department
+    return None
+
+
+def _offered_for(turn: RuleTurn, exchanged: int) -> str | None:
+    """The department whose message the agent offered in the line the caller's request answered
+    (`exchanged`: the caller's lines in the exchange, this turn's included)."""
+    history = turn.transcript.history
+    before = len(history) - 2 * (exchanged - 1) - 1
+    if before < 0 or history[before].role != "agent":
         return None
-    found = _OFFERED.search(lines[asked - 1])
+    found = _OFFERED.search(history[before].content.strip())
     department = found["department"] if found else None
     return department if department in turn.tools.box.directory.departments else None
 
 
 def _name(said: str) -> str:
-    name = _NAME_LEAD.sub("", said.removeprefix(CALLER_QUOTE_PREFIX)).strip(" .,!?")
+    """The name given in answer to the question, without a number or anything else said after it."""
+    name = _NAME_LEAD.sub("", said.removeprefix(CALLER_QUOTE_PREFIX))
+    name = re.split(r"[\d,;]|\b(?:and|my number|call me)\b", name, maxsplit=1)[0].strip(" .,!?")
     return name[:60] or "there"
 
 
-def _number(said: str, tools: CallTools) -> str | None:
-    """The callback number said (E.164), or the caller's own when they say "this number"."""
-    digits = re.sub(r"[^\d+]", "", said)
+def _number(said: str, tools: CallTools, own: bool = True) -> str | None:
+    """The callback number said (E.164), digits or words ("two one two, eight six seven…"); with
+    `own`, the caller's own when they say "this number"."""
+    digits = re.sub(r"[^\d+]", "", _as_digits(said))
     if len(digits) >= 7:
         return normalise_number(digits)
-    if _SAME_NUMBER.search(said) and tools.call is not None:
+    if own and _SAME_NUMBER.search(said) and tools.call is not None:
         return normalise_number(tools.call.caller)
     return None
+
+
+def _as_digits(said: str) -> str:
+    """Digits spoken as words written as digits: "oh one double three" -> "0 1 33"."""
+
+    def spoken(found: re.Match[str]) -> str:
+        times = {"double": 2, "triple": 3}.get((found["times"] or "").lower(), 1)
+        return _DIGIT_WORDS[found["digit"].lower()] * times
+
+    # "oh" is a digit only beside another one ("oh, my number is…" adds none).
+    digits = _OH_BESIDE_DIGITS.sub("0", _SPOKEN_DIGIT.sub(spoken, said))
+    return digits
 
 
 TOOL = Tool(

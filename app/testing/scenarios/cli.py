@@ -1,6 +1,6 @@
 """`python -m app test-calls` (`make test-calls`): run call scenarios and report.
 
-    python -m app test-calls [FILES…] [--junit report.xml] [--json] [-j N] [--asr-noise P --seed S]
+    python -m app test-calls [FILES…] [--junit report.xml] [--json] [-j N] [--asr-noise P --seed S] [--no-timing]
 
 FILES are scenario files or directories of them (default: calls/). Exit status: 0 when no scenario
 failed (an expected failure, `xfail:`, is not one), 1 when one did, 2 when a file is malformed or
@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="calls at a time (default 1)")
     parser.add_argument("--asr-noise", type=float, default=0.0, metavar="P", help="perturb each word with chance P")
     parser.add_argument("--seed", type=int, default=0, help="the noise's seed (default 0)")
+    parser.add_argument(
+        "--no-timing", action="store_true", help="skip first_words_ms (a CI machine too busy to time calls fairly)"
+    )
     return parser
 
 
@@ -66,7 +69,10 @@ def main(argv: list[str]) -> int:
             print(f"{report.scenarios(len(loaded.scenarios))}, answers from {answers}, -j {args.jobs}", flush=True)
         show = None if args.json else (lambda result: print(report.progress(result), flush=True))
         try:
-            done = uvloop.run(run(settings, loaded.scenarios, jobs=args.jobs, noise=noise, on_result=show))
+            suite = run(
+                settings, loaded.scenarios, jobs=args.jobs, noise=noise, timing=not args.no_timing, on_result=show
+            )
+            done = uvloop.run(suite)
         except KeyboardInterrupt:
             print("\n── stopped (Ctrl-C): no report", file=sys.stderr)
             return 130

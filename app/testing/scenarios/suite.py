@@ -35,6 +35,7 @@ async def run(
     *,
     jobs: int = 1,
     noise: AsrNoise | None = None,
+    timing: bool = True,
     on_result: Callable[[ScenarioResult], None] | None = None,
 ) -> Run:
     started = time.perf_counter()
@@ -45,7 +46,7 @@ async def run(
 
             async def one(scenario: Scenario) -> ScenarioResult:
                 async with gate:
-                    result = check(scenario, await calls.place(scenario, noise), calls.services.directory)
+                    result = check(scenario, await calls.place(scenario, noise), calls.services.directory, timing)
                     await judge.score(result)
                 if on_result is not None:
                     on_result(result)
