@@ -28,8 +28,9 @@ from app.testing.fake_openai import Reply
 from app.testing.live_server import LiveServer
 from app.testing.speech_engine import SpeechEngineClient
 from app.testing.twilio_caller import TwilioCaller, ulaw_frames
+from app.testing.twilio_dial import Colleague
 from tests.support.calls import sid
-from tests.support.config import API_KEY, PUBLIC_URL, SECRET, TWILIO_TOKEN
+from tests.support.config import API_KEY, PUBLIC_URL, SECRET, TARGETS, TWILIO_TOKEN
 from tests.support.phone import messages_of, phone_call, tool_results
 from tests.support.servers import missing, postgres_server
 
@@ -71,6 +72,7 @@ async def test_a_whole_call_is_in_the_calls_command_and_on_the_review_page(
         Reply.text(line, tool_calls=[("transfer_call", '{"department": "sales"}')]),
         Reply(tokens=[]),
     )
+    twilio_api.colleagues[TARGETS["sales"]] = Colleague("takes")  # someone in sales answers
     async with phone_call(serve, history, fake_elevenlabs, twilio_api) as phone:
         first = await phone.client.ask("how much is the autopay discount?")
         assert first.text == "Autopay takes five dollars off every monthly bill."
@@ -78,6 +80,7 @@ async def test_a_whole_call_is_in_the_calls_command_and_on_the_review_page(
         await phone.speak(0.3, event_id=2)
         await twilio_api.call_updates.wait(1)
         await phone.ended()  # Twilio stopped the stream when the call was redirected
+        await twilio_api.wait_for(lambda: len(twilio_api.dials) == 1)  # and told the server sales took it
         await flushed(phone.server)
         sid = phone.caller.call_sid
         async with httpx.AsyncClient(base_url=phone.server.http_url, auth=AUTH) as browser:

@@ -174,7 +174,7 @@ async def test_a_receiver_failing_twice_gets_the_event_once_with_the_same_id(
     assert event["type"] == "message.created" and event["id"].startswith("evt_")
     assert event["data"] == {
         "message_id": saved.id, "name": "Dana Smith", "callback_number": "+14155550100",
-        "message": "Please call me about my bill.", "call_sid": None,
+        "message": "Please call me about my bill.", "department": None, "call_sid": None,
         "left_at": saved.created_at.isoformat(timespec="seconds"),
     }  # fmt: skip
     assert all(signed_by(r, SECRET) for r in receiver.requests)
@@ -565,10 +565,13 @@ async def test_a_transferred_call_announces_its_end_as_a_transfer(
     serve, notify_call, fake_elevenlabs, fake_model, twilio_api, receiver: Receiver
 ) -> None:
     from app.testing.fake_openai import Reply
+    from app.testing.twilio_dial import Colleague
+    from tests.support.config import TARGETS
     from tests.support.phone import phone_call
 
     line = "Of course, I'll put you through to our sales team now."
     fake_model.queue(Reply.text(line, tool_calls=[("transfer_call", '{"department": "sales"}')]), Reply(tokens=[]))
+    twilio_api.colleagues[TARGETS["sales"]] = Colleague("takes")  # someone in sales answers
     async with phone_call(serve, notify_call(receiver), fake_elevenlabs, twilio_api) as phone:
         await records_ready(phone)
         await phone.client.ask("can I talk to someone in sales?")
@@ -583,6 +586,7 @@ async def test_a_transferred_call_announces_its_end_as_a_transfer(
     assert ended.event["type"] == "call.ended" and signed_by(ended, SECRET)
     data = ended.event["data"]
     assert data["call_sid"] == sid and data["ended"] == "transferred" and data["transferred_to"] == "sales"
+    assert data["transfer"] == {"department": "sales", "result": "connected"}
     assert recorded is not None and recorded.call.end_reason == "transferred"
     assert recorded.call.ended_how == "transferred to sales"
 

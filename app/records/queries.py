@@ -75,13 +75,14 @@ class CallRow:
     conversation_id: str | None
     transfer_department: str | None = None
     transfer_result: str | None = None
-    # The call's analysis: its state (pending, done, failed; None before the call ended) and results.
+    direction: str = "inbound"  # or outbound: a call-back the agent placed
+    message_id: int | None = None  # the message an outbound call returned
+    # The call's analysis, last (the query reads it from its own table): its state (pending, done,
+    # failed; None before the call ended) and results.
     analysis_state: str | None = None
     summary: str | None = None
     intent: str | None = None
     need_met: str | None = None
-    direction: str = "inbound"  # or outbound: a call-back the agent placed
-    message_id: int | None = None  # the message an outbound call returned
 
     @property
     def caller_masked(self) -> str:

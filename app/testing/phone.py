@@ -3,7 +3,7 @@
 With nothing configured, it starts the stand-ins for Twilio and ElevenLabs (this package) and a
 Switchboard server wired to them, each on a free local port, with your own settings (`.env`:
 DATA_DIR and INDEX_DIR, so the index `make run` built is reused and messages land where
-`python -m app messages` reads them; the model, if OPENAI_* is set; TRANSFER_TARGETS; GREETING).
+`python -m app messages` reads them; the model, if OPENAI_* is set; the departments; GREETING).
 The Speech Engine stand-in is configured by the same code as `make configure`. Then one call goes
 through the real webhook (signed), media stream, bridge and brain: you type what the caller says
 and see what the agent says as it streams, with the turn's timings; a transfer shows where the
@@ -443,8 +443,8 @@ async def run_local(say: list[str], as_json: bool) -> int:
                 f"ElevenLabs on {board.engine.base_url} and {board.engine.elevenlabs.ws_url}"
             )
             out.line(f"Answers from {answers_from}; server log: {log_path}")
-            if not board.settings.transfer_targets:
-                out.line("(no TRANSFER_TARGETS: the agent cannot transfer; see .env.example)")
+            if not board.server.app.extensions["switchboard"].directory.departments:
+                out.line("(no departments: the agent cannot transfer; see DEPARTMENTS_FILE in README.md)")
             async with Phone(board, record, realtime=not say) as phone:
                 await phone.greeting(started)
                 if record.greeting:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
+import tomllib
 
-from tests.support.paths import ENV_EXAMPLE
+from tests.support.paths import DEPARTMENTS
 
 SECRET = "test-shared-secret"  # the brain WebSocket's x-api-key (SHARED_SECRET)
 API_KEY = "sk_test_elevenlabs_key"  # ELEVENLABS_API_KEY: signed URLs and the brain's JWT
@@ -17,8 +17,7 @@ UNLISTED = "+19005550199"  # a number no setting names: nothing may ever dial it
 
 
 def sample_targets() -> str:
-    """TRANSFER_TARGETS as .env.example ships it for the sample company (sales, support, billing):
-    the departments the shipped call scenarios transfer to."""
-    found = re.search(r"(?m)^TRANSFER_TARGETS=(.+)$", ENV_EXAMPLE.read_text(encoding="utf-8"))
-    assert found is not None, ".env.example sets TRANSFER_TARGETS"
-    return found.group(1).strip()
+    """The sample company's departments (departments.toml: sales, support, billing) as TRANSFER_TARGETS,
+    open around the clock: the departments the shipped call scenarios transfer to."""
+    departments = tomllib.loads(DEPARTMENTS.read_text(encoding="utf-8"))["departments"]
+    return ",".join(f"{name}={department['number']}" for name, department in departments.items())
