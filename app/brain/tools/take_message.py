@@ -316,9 +316,9 @@ def _offered_for(turn: RuleTurn, exchanged: int) -> str | None:
 
 def _name(said: str) -> str:
     """The name given in answer to the question, without a number or anything else said after it."""
-    name = _NAME_LEAD.sub("", said.removeprefix(CALLER_QUOTE_PREFIX))
-    name = re.split(r"[\d,;]|\b(?:and|my number|call me)\b", name, maxsplit=1)[0].strip(" .,!?")
-    return name[:60] or "there"
+    said = _NAME_LEAD.sub("", said.removeprefix(CALLER_QUOTE_PREFIX)).strip(" .,!?")
+    name = re.split(r"[\d,;]|\b(?:and|my number|call me)\b", said, maxsplit=1)[0].strip(" .,!?")
+    return (name or said)[:60] or "there"  # nothing before a number: the answer as said (it is redacted)
 
 
 def _number(said: str, tools: CallTools, own: bool = True) -> str | None:
