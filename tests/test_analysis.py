@@ -53,9 +53,8 @@ callback_time: string
 FAST = replace(AnalysisTimings(), poll=0.05, first_retry=0.05)
 T0 = datetime.now(UTC) - timedelta(minutes=5)
 CALL_ENDED_KEYS = {
-    "call_sid", "caller", "started_at", "ended_at", "duration_s", "ended", "transferred_to", "transfer", "turns",
-    "unanswered",
-    "messages", "review_url",
+    "call_sid", "caller", "direction", "message_id", "started_at", "ended_at", "duration_s", "ended",
+    "transferred_to", "transfer", "turns", "unanswered", "messages", "review_url",
 }  # fmt: skip
 
 
