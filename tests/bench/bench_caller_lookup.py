@@ -10,7 +10,6 @@ lookup ≤ the p50 without one + 60 ms. A 50 ms answer must also be in the greet
 
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import time
@@ -26,16 +25,14 @@ from app.settings import Settings
 from app.telephony.webhook import INCOMING_PATH
 from app.testing.fake_elevenlabs import FakeElevenLabs, first_message
 from app.testing.live_server import LiveServer
-from app.testing.twilio_caller import TwilioCaller
+from tests.bench.bench_pickup import AUTH_TOKEN, DELAY_S, pick_up
 from tests.support.receiver import Receiver
 
-DELAY_S = 0.08
 CALLS = 20
 MARGIN_MS = 60.0
 ANSWER_S = 0.05
 API_KEY = "bench-elevenlabs-key"
 ENGINE_ID = "seng_bench"
-AUTH_TOKEN = "bench-twilio-token"
 PUBLIC_URL = "https://lookup-bench.example"
 GREETING = "Hi {caller.name}, thanks for calling {COMPANY_NAME}."
 NAMED = "Hi Dana Whitfield, thanks for calling Kestrel Broadband."
@@ -44,27 +41,9 @@ DATA = Path("data").resolve()  # the product's default DATA_DIR: the embedding m
 
 
 async def one_call(server: LiveServer, fake: FakeElevenLabs, arrivals: list[float]) -> tuple[float, str | None]:
-    """Seconds from the webhook's arrival at the server to the greeting's first frame at the caller,
-    and the greeting ElevenLabs was asked to say."""
-    heard = asyncio.Event()
-    caller = TwilioCaller(
-        server.http_url, PUBLIC_URL, AUTH_TOKEN, delay=DELAY_S, on_media=lambda _: heard.set(), record=False
-    )
-    async with caller:
-        arrivals.clear()
-        await caller.dial()
-        await caller.open_stream()
-        await caller.connected()
-        await caller.start()
-        async with asyncio.timeout(30):
-            await heard.wait()
-        first_frame = time.perf_counter()
-        await caller.hang_up()
-    conversation = fake.conversations[-1]
-    async with asyncio.timeout(30):
-        while not conversation.closed:  # noqa: ASYNC110 - the call over, before the next
-            await asyncio.sleep(0.01)
-    return first_frame - arrivals[0], first_message(conversation.initiation)
+    """Seconds to the greeting's first frame, and the greeting ElevenLabs was asked to say."""
+    took, conversation = await pick_up(server, fake, arrivals, PUBLIC_URL)
+    return took, first_message(conversation.initiation)
 
 
 async def bench(tmp: Path) -> tuple[dict[str, list[float]], dict[str, set[str | None]]]:

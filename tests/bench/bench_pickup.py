@@ -21,7 +21,7 @@ from quart import request
 from app import create_app
 from app.settings import Settings
 from app.telephony.webhook import INCOMING_PATH
-from app.testing.fake_elevenlabs import FakeElevenLabs
+from app.testing.fake_elevenlabs import FakeConversation, FakeElevenLabs
 from app.testing.live_server import LiveServer
 from app.testing.twilio_caller import TwilioCaller
 
@@ -35,12 +35,14 @@ PUBLIC_URL = "https://pickup-bench.example"
 DATA = Path("data").resolve()  # the product's default DATA_DIR: the embedding model is kept there
 
 
-async def one_call(server: LiveServer, fake: FakeElevenLabs, arrivals: list[float], early: bool) -> float:
-    """Seconds from the webhook's arrival at the server to the greeting's first frame at the caller."""
-    server.app.extensions["switchboard"].telephony.early.enabled = early
+async def pick_up(
+    server: LiveServer, fake: FakeElevenLabs, arrivals: list[float], public_url: str = PUBLIC_URL
+) -> tuple[float, FakeConversation]:
+    """One call, hung up at the greeting: seconds from the webhook's arrival at the server to the
+    greeting's first frame at the caller, and its conversation, closed before the next call."""
     heard = asyncio.Event()
     caller = TwilioCaller(
-        server.http_url, PUBLIC_URL, AUTH_TOKEN, delay=DELAY_S, on_media=lambda _: heard.set(), record=False
+        server.http_url, public_url, AUTH_TOKEN, delay=DELAY_S, on_media=lambda _: heard.set(), record=False
     )
     async with caller:
         arrivals.clear()
@@ -52,11 +54,17 @@ async def one_call(server: LiveServer, fake: FakeElevenLabs, arrivals: list[floa
             await heard.wait()
         first_frame = time.perf_counter()
         await caller.hang_up()
-    count = len(fake.conversations)
+    conversation = fake.conversations[-1]
     async with asyncio.timeout(30):
-        while not fake.conversations[count - 1].closed:  # noqa: ASYNC110 - the call over, before the next
+        while not conversation.closed:  # noqa: ASYNC110 - the call over, before the next
             await asyncio.sleep(0.01)
-    return first_frame - arrivals[0]
+    return first_frame - arrivals[0], conversation
+
+
+async def one_call(server: LiveServer, fake: FakeElevenLabs, arrivals: list[float], early: bool) -> float:
+    """Seconds to the greeting's first frame, with the early start on or off."""
+    server.app.extensions["switchboard"].telephony.early.enabled = early
+    return (await pick_up(server, fake, arrivals))[0]
 
 
 async def bench(tmp: Path) -> dict[bool, list[float]]:
